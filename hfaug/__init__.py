@@ -1,0 +1,56 @@
+"""hfaug: LLM-based augmentations with effective data selection for zero-shot crosslingual transfer.
+
+The Python API mirrors the CLI. Each stage is a module holding a config dataclass and a function
+of the same name, Dataset in, Dataset out::
+
+    from hfaug import label, select
+    labelled = label.label(candidates, label.LabelConfig(teacher="runs/demo/teacher/best"), task)
+    subsets = select.select(labelled, select.SelectConfig(strategies=["div-k"], budgets=[2500]), task)
+
+and ``hfaug.run("demo")`` runs a whole recipe. Stage modules are imported on first use, so
+``import hfaug`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_STAGE_MODULES = (
+    "source", "generate", "teacher", "label", "translate", "select", "publish",
+    "distill", "evaluate", "export", "serve", "predict",
+)
+_LAZY = {
+    "load_recipe": "hfaug.config",
+    "Recipe": "hfaug.config",
+    "Run": "hfaug.runs",
+    "HfaugError": "hfaug.errors",
+    "get_task": "hfaug.tasks",
+    "TASKS": "hfaug.tasks",
+}
+
+__all__ = ["run", "__version__", *_STAGE_MODULES, *_LAZY]
+
+if TYPE_CHECKING:
+    from .config import Recipe, load_recipe
+    from .errors import HfaugError
+    from .runs import Run
+    from .tasks import TASKS, get_task
+
+
+def run(recipe, overrides=None, *, force: str | None = None):
+    """Run a recipe (path, packaged name or dict) end to end; returns the :class:`Run`."""
+    from .config import load_recipe
+    from .pipeline import run_pipeline
+
+    return run_pipeline(load_recipe(recipe, overrides), force=force)
+
+
+def __getattr__(name: str):
+    if name in _STAGE_MODULES:
+        return importlib.import_module(f"hfaug.{name}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hfaug' has no attribute '{name}'")

@@ -1,0 +1,147 @@
+"""`hfaug` on the command line: parse, configure logging, call the library. Nothing else.
+
+    hfaug run RECIPE [--force STAGE] [--section.key VALUE ...]
+    hfaug STAGE --config RECIPE [--force] [--section.key VALUE ...]
+    hfaug recipes
+
+Heavy packages are imported inside the commands, so `hfaug --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import HfaugError
+
+logger = logging.getLogger("hfaug")
+
+# kept in sync with hfaug.pipeline.PIPELINE (not imported here to keep --help light)
+STAGE_HELP = {
+    "source": "load the labelled source data (train/dev)",
+    "generate": "LLM-written English candidates, cleaned",
+    "translate-source": "translate the source data into the target languages",
+    "teacher": "fine-tune the teacher; one checkpoint per epoch",
+    "label": "teacher soft labels (and training dynamics) on the candidates",
+    "translate": "translate the labelled candidates into the target languages",
+    "select": "choose the subsets: random, top-k, div-k, ambiguous, easy, all",
+    "publish": "push the selected data as a versioned Hub dataset repo (or a local folder)",
+    "distill": "train students on source plus selected synthetic rows",
+    "export": "export students to ONNX behind a parity gate",
+    "evaluate": "accuracy and macro-F1 per target language",
+    "publish-model": "push the students as versioned Hub model repos",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hfaug",
+        description="LLM-based augmentations with data selection for zero-shot crosslingual transfer.",
+        epilog="Recipe keys can be overridden on any command: --generate.temperature 1.2",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run every stage of a recipe, skipping unchanged ones")
+    p.add_argument("recipe", help="recipe path or packaged name (demo, paper/xnli-hi, ...)")
+    p.add_argument("--force", metavar="STAGE", help="rerun STAGE and everything after it")
+    p.add_argument("--output-dir", help="folder for run directories (recipe: output_dir)")
+    p.add_argument("--name", help="run name (recipe: name)")
+
+    for stage, help_text in STAGE_HELP.items():
+        p = sub.add_parser(stage, help=help_text)
+        p.add_argument("--config", "-c", required=True, metavar="RECIPE", help="recipe path or packaged name")
+        p.add_argument("--force", action="store_true", help="run even if unchanged")
+        p.add_argument("--output-dir", help="folder for run directories (recipe: output_dir)")
+        p.add_argument("--name", help="run name (recipe: name)")
+        if stage == "generate":
+            p.add_argument("--dry-run", action="store_true",
+                           help="send a few real requests and estimate tokens and time for the run")
+
+    sub.add_parser("recipes", help="list the packaged recipes")
+    return parser
+
+
+def parse_overrides(extra: list[str]) -> dict:
+    """``--a.b value`` / ``--a.b=value`` pairs into {"a.b": value}."""
+    from .config import parse_value
+
+    out = {}
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise HfaugError(f"unexpected argument '{arg}'; recipe overrides look like --section.key value")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(extra):
+                raise HfaugError(f"override '{arg}' needs a value")
+            value = extra[i + 1]
+            i += 2
+        out[key.replace("-", "_") if "." not in key else key] = parse_value(value)
+    return out
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # third-party libraries stay quiet unless asked
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    configure_logging(args.verbose, args.quiet)
+    try:
+        return _dispatch(args, extra)
+    except HfaugError as e:
+        print(f"hfaug: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("hfaug: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args, extra: list[str]) -> int:
+    if args.command == "recipes":
+        from .config import packaged_recipes
+
+        print("\n".join(packaged_recipes()))
+        return 0
+
+    from .config import load_recipe
+
+    overrides = parse_overrides(extra)
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    if args.name:
+        overrides["name"] = args.name
+    recipe = load_recipe(args.recipe if args.command == "run" else args.config, overrides)
+
+    from . import pipeline
+    from .runs import Run
+
+    if args.command == "run":
+        run = pipeline.run_pipeline(recipe, force=args.force)
+        print(pipeline.summary(run))
+        return 0
+
+    run = Run(recipe)
+    options = {"dry_run": True} if getattr(args, "dry_run", False) else {}
+    start_manifest, skipped = pipeline.run_stage(run, args.command, force=args.force, options=options)
+    print(pipeline.summary(run, [(args.command, "skipped" if skipped else "ran", start_manifest, 0.0)]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

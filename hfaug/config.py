@@ -1,0 +1,341 @@
+"""Recipes: YAML files turned into typed, validated stage configs.
+
+A recipe has a few run-wide keys (``name``, ``task``, ``seed``, ``output_dir``) and one section per
+stage. Each section is validated into the stage's config dataclass: an unknown key, a value of the
+wrong type or a missing required value is a :class:`~hfaug.errors.HfaugError` naming the key and
+the closest valid one. Command-line flags (``--generate.temperature 1.2``) override the file.
+
+Two URL-like prefixes keep packaged recipes machine-independent:
+``hfaug://data/...`` is a file shipped in the package, and ``hfaug://tiny/<kind>`` is a tiny
+offline model built on first use by :mod:`hfaug.testing`. :func:`resolve` turns both into paths.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+import importlib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import HfaugError, did_you_mean
+
+#: section name -> "module:ConfigClass". Stages import nothing from each other; this map and
+#: the pipeline are the only places that know them all.
+SECTIONS: dict[str, str] = {
+    "source": "hfaug.source:SourceConfig",
+    "generate": "hfaug.generate:GenerateConfig",
+    "teacher": "hfaug.teacher:TeacherConfig",
+    "label": "hfaug.label:LabelConfig",
+    "translate": "hfaug.translate:TranslateConfig",
+    "select": "hfaug.select:SelectConfig",
+    "publish": "hfaug.publish:PublishConfig",
+    "distill": "hfaug.distill:DistillConfig",
+    "evaluate": "hfaug.evaluate:EvaluateConfig",
+    "export": "hfaug.export:ExportConfig",
+    "serve": "hfaug.serve:ServeConfig",
+}
+
+PACKAGE_PREFIX = "hfaug://"
+
+
+@dataclass
+class RunConfig:
+    """Run-wide settings shared by every stage."""
+
+    name: str = field(default="run", metadata={"help": "Run name: outputs go to <output_dir>/<name>/."})
+    task: str = field(default="sentiment", metadata={"help": "Task: 'sentiment' or 'nli'."})
+    seed: int = field(default=42, metadata={"help": "Seed for every random choice of the run."})
+    output_dir: str = field(default="runs", metadata={"help": "Folder holding run directories."})
+    description: str = field(default="", metadata={"help": "Free text, shown in cards."})
+
+    def __post_init__(self):
+        from .tasks import get_task
+
+        get_task(self.task)
+
+
+@dataclass
+class Recipe:
+    """A validated recipe: run-wide settings plus one typed config per stage section present."""
+
+    run: RunConfig
+    sections: dict[str, Any]
+    raw: dict  # the resolved recipe as plain data (what gets saved with the run)
+    source_path: str | None = None
+
+    def __getattr__(self, name: str):
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(name)
+
+    def has(self, section: str) -> bool:
+        return section in self.sections
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.raw, sort_keys=False, allow_unicode=True)
+
+
+def config_class(section: str) -> type:
+    """Import the config dataclass of a stage section."""
+    if section not in SECTIONS:
+        raise HfaugError(f"unknown recipe section '{section}'{did_you_mean(section, [*SECTIONS, *RUN_KEYS])}")
+    module_name, cls_name = SECTIONS[section].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("hfaug"):
+            raise HfaugError(f"stage '{section}' is not available in this version of hfaug") from None
+        raise
+    return getattr(module, cls_name)
+
+
+RUN_KEYS = [f.name for f in dataclasses.fields(RunConfig)]
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def packaged_recipes() -> list[str]:
+    """Names of the recipes shipped in the package, e.g. ``demo`` or ``paper/xnli-hi``."""
+    root = resources.files("hfaug") / "recipes"
+    names = []
+    for path in Path(str(root)).rglob("*.yaml"):
+        names.append(path.relative_to(Path(str(root))).with_suffix("").as_posix())
+    return sorted(names)
+
+
+def find_recipe(ref: str) -> Path:
+    """A recipe path, or the name of a packaged recipe."""
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise HfaugError(f"recipe file '{ref}' does not exist")
+        return path
+    packaged = Path(str(resources.files("hfaug") / "recipes")) / f"{ref}.yaml"
+    if packaged.is_file():
+        return packaged
+    raise HfaugError(f"no recipe file or packaged recipe named '{ref}'{did_you_mean(ref, packaged_recipes())}")
+
+
+def load_recipe(ref: str | Path | dict, overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe.
+
+    ``ref`` is a YAML path, a packaged recipe name or an already parsed dict. ``overrides`` maps
+    dotted keys (``"generate.temperature"``) to values, or is a list of ``key=value`` strings.
+    """
+    source_path = None
+    if isinstance(ref, dict):
+        data = copy.deepcopy(ref)
+    else:
+        path = find_recipe(str(ref))
+        source_path = str(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise HfaugError(f"recipe {path}{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
+        if not isinstance(data, dict):
+            raise HfaugError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
+    for key, value in _normalise_overrides(overrides).items():
+        _set_dotted(data, key, value)
+    return build_recipe(data, source_path)
+
+
+def build_recipe(data: dict, source_path: str | None = None) -> Recipe:
+    run_data = {k: v for k, v in data.items() if k in RUN_KEYS}
+    run = from_dict(RunConfig, run_data, "recipe")
+    sections = {}
+    for key, value in data.items():
+        if key in RUN_KEYS:
+            continue
+        cls = config_class(key)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise HfaugError(f"recipe section '{key}' must be a mapping, got {type(value).__name__}")
+        sections[key] = from_dict(cls, value, key)
+    if "source" not in sections:
+        raise HfaugError("recipe has no 'source' section: say where the labelled source data is (source.path)")
+    return Recipe(run=run, sections=sections, raw=data, source_path=source_path)
+
+
+def _normalise_overrides(overrides) -> dict[str, Any]:
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    out = {}
+    for item in overrides:
+        if "=" not in item:
+            raise HfaugError(f"override '{item}' must look like section.key=value")
+        key, value = item.split("=", 1)
+        out[key] = parse_value(value)
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value read as YAML, so ``3``, ``1e-5``, ``true`` and ``[hi, mr]`` get types."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise HfaugError(f"override '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def from_dict(cls: type, data: dict, where: str):
+    """Build dataclass ``cls`` from ``data``, checking keys and types; errors name ``where.key``."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = _type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise HfaugError(f"unknown key '{where}.{key}' in recipe{did_you_mean(key, fields)}")
+        kwargs[key] = check_type(value, hints.get(key, Any), f"{where}.{key}")
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            help_text = f.metadata.get("help", "")
+            raise HfaugError(f"missing required key '{where}.{name}' in recipe" + (f": {help_text}" if help_text else ""))
+    try:
+        return cls(**kwargs)
+    except HfaugError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise HfaugError(f"recipe section '{where}': {e}") from None
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # unresolvable forward refs in third-party bases: validate loosely
+        return {}
+
+
+def check_type(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a type hint, converting the harmless cases (int -> float)."""
+    if hint is Any or hint is None:
+        return value
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return check_type(value, arg, where)
+            except HfaugError as e:
+                errors.append(e)
+        raise errors[0] if errors else HfaugError(f"'{where}' has an invalid value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise HfaugError(f"'{where}' must be one of {list(args)}, got {value!r}{did_you_mean(str(value), map(str, args))}")
+        return value
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            if origin in (list, tuple) or hint in (list, tuple):
+                # a single value where a list is expected: accept it as a list of one
+                value = [value]
+        item = args[0] if args else Any
+        out = [check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if (origin is tuple or hint is tuple) else out
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise HfaugError(f"'{where}' must be a mapping, got {type(value).__name__} {value!r}")
+        if args:
+            return {k: check_type(v, args[1], f"{where}.{k}") for k, v in value.items()}
+        return value
+    if isinstance(hint, type):
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            return from_dict(hint, value, where)
+        if issubclass(hint, enum.Enum):
+            try:
+                return hint(value)
+            except ValueError:
+                choices = [e.value for e in hint]
+                raise HfaugError(f"'{where}' must be one of {choices}, got {value!r}") from None
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if hint is float and isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 5e-6 as a string
+            except ValueError:
+                pass
+        if hint is bool and not isinstance(value, bool):
+            raise HfaugError(f"'{where}' must be true or false, got {value!r}")
+        if hint is int and isinstance(value, bool):
+            raise HfaugError(f"'{where}' must be an integer, got {value!r}")
+        if not isinstance(value, hint):
+            raise HfaugError(f"'{where}' must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def to_dict(config: Any) -> dict:
+    """A config dataclass as plain data (for manifests, hashes and saved recipes)."""
+    if hasattr(config, "to_dict") and not dataclasses.is_dataclass(type(config)):
+        return config.to_dict()
+    out = {}
+    for f in dataclasses.fields(config):
+        if not f.init:
+            continue
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        out[f.name] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# package references
+
+
+def resolve(ref: str | None) -> str | None:
+    """Turn ``hfaug://data/...`` and ``hfaug://tiny/<kind>`` into local paths; others pass through.
+
+    Model ids and Hub dataset ids are returned unchanged, so the stages always call the real
+    ``from_pretrained(ref)`` / ``load_dataset(ref)``.
+    """
+    if not ref or not isinstance(ref, str) or not ref.startswith(PACKAGE_PREFIX):
+        return ref
+    rest = ref[len(PACKAGE_PREFIX):]
+    kind, _, name = rest.partition("/")
+    if kind == "data":
+        path = Path(str(resources.files("hfaug") / "data")) / name
+        if not path.exists():
+            raise HfaugError(f"packaged data file '{ref}' does not exist")
+        return str(path)
+    if kind == "tiny":
+        from .testing import tiny_model
+
+        return str(tiny_model(name))
+    raise HfaugError(f"unknown package reference '{ref}': use hfaug://data/<file> or hfaug://tiny/<kind>")

@@ -1,0 +1,166 @@
+"""The run driver: the order of the stages and what each reads. Only this module and the CLI know it.
+
+Each stage module exposes ``run(ctx: StageContext) -> StageResult`` (the adapter used here) next
+to its plain Python function (``label(dataset, config, ...)``). A stage takes part in a run when
+its recipe section is present; ``source`` is always there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Recipe
+from .errors import HfaugError, did_you_mean
+from .runs import Run, execute
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the CLI verb and the folder in the run directory
+    section: str  # the recipe section holding its config
+    entry: str  # "module:function" taking a StageContext
+    inputs: tuple[str, ...] = ()  # stages whose outputs it may read (absent ones are ignored)
+    help: str = ""
+
+
+PIPELINE: tuple[Stage, ...] = (
+    Stage("source", "source", "hfaug.source:run", (), "load the labelled source data (train/dev)"),
+    Stage("generate", "generate", "hfaug.generate:run", (), "LLM-written English candidates, cleaned"),
+    Stage("translate-source", "translate", "hfaug.translate:run_source", ("source",),
+          "translate the source data (translated-teacher setting, published as source-translated)"),
+    Stage("teacher", "teacher", "hfaug.teacher:run", ("source", "translate-source"),
+          "fine-tune the teacher; one checkpoint per epoch"),
+    Stage("label", "label", "hfaug.label:run", ("generate", "teacher"),
+          "teacher soft labels (and training dynamics) on the candidates"),
+    Stage("translate", "translate", "hfaug.translate:run", ("label",),
+          "translate the labelled candidates into the target languages"),
+    Stage("select", "select", "hfaug.select:run", ("label", "translate"),
+          "choose the subsets: random, top-k, div-k, ambiguous, easy, all"),
+    Stage("publish", "publish", "hfaug.publish:run", ("label", "translate-source", "select"),
+          "push the selected data as a versioned Hub dataset repo (or a local folder)"),
+    Stage("distill", "distill", "hfaug.distill:run", ("source", "translate-source", "select"),
+          "train students on source plus selected synthetic rows with soft labels"),
+    Stage("export", "export", "hfaug.export:run", ("distill",),
+          "export students to ONNX (optionally int8) behind a parity gate"),
+    Stage("evaluate", "evaluate", "hfaug.evaluate:run", ("teacher", "distill", "export"),
+          "accuracy and macro-F1 per target language"),
+    Stage("publish-model", "publish", "hfaug.publish:run_models", ("distill", "export", "evaluate"),
+          "push the students as versioned Hub model repos"),
+)
+
+STAGES = {stage.name: stage for stage in PIPELINE}
+
+
+def get_stage(name: str) -> Stage:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise HfaugError(f"unknown stage '{name}'{did_you_mean(name, STAGES)}") from None
+
+
+def stage_function(stage: Stage):
+    module_name, fn_name = stage.entry.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("hfaug"):
+            raise HfaugError(f"stage '{stage.name}' is not available in this version of hfaug") from None
+        raise
+    return getattr(module, fn_name)
+
+
+def planned(recipe: Recipe) -> list[Stage]:
+    """The stages a recipe asks for, in order."""
+    return [s for s in PIPELINE if recipe.has(s.section) and _enabled(recipe, s)]
+
+
+def _enabled(recipe: Recipe, stage: Stage) -> bool:
+    config = recipe.sections[stage.section]
+    # a section may switch one of its stages off, e.g. translate.source: false
+    flag = {"translate-source": "source", "publish-model": "models"}.get(stage.name)
+    return bool(getattr(config, flag, True)) if flag else True
+
+
+def run_stage(run: Run, name: str, *, force: bool = False, options: dict | None = None) -> tuple[dict, bool]:
+    """Run one stage of ``run`` (its inputs must have run); returns (manifest, skipped)."""
+    stage = get_stage(name)
+    recipe = run.recipe
+    if not recipe.has(stage.section):
+        raise HfaugError(f"the recipe has no '{stage.section}' section, which stage '{name}' needs")
+    inputs = [i for i in stage.inputs if i in {s.name for s in planned(recipe)}]
+    for dep in inputs:
+        run.require(dep)
+    return execute(run, name, stage_function(stage), recipe.sections[stage.section], inputs,
+                   force=force, options=options)
+
+
+def run_pipeline(recipe: Recipe, *, force: str | None = None, root: str | Path | None = None,
+                 only: list[str] | None = None) -> Run:
+    """Run every stage of the recipe in order, skipping the unchanged ones.
+
+    ``force`` names a stage to rerun together with everything after it.
+    """
+    run = Run(recipe, root)
+    run.save_recipe()
+    stages = planned(recipe)
+    if force is not None:
+        get_stage(force)
+        if force not in {s.name for s in stages}:
+            raise HfaugError(f"--force {force}: the recipe does not run that stage")
+    forcing = False
+    report = []
+    for stage in stages:
+        if only and stage.name not in only:
+            continue
+        forcing = forcing or stage.name == force
+        start = time.perf_counter()
+        manifest, skipped = run_stage(run, stage.name, force=forcing)
+        report.append((stage.name, "skipped" if skipped else "ran", manifest, time.perf_counter() - start))
+    run.report = report
+    return run
+
+
+def summary(run: Run, report: list | None = None) -> str:
+    """A plain-text table of a run: stages, status, rows, drops, metrics and where things are."""
+    report = report if report is not None else getattr(run, "report", [])
+    lines = [f"hfaug run '{run.recipe.run.name}' ({run.recipe.run.task}) in {run.root}", ""]
+    header = f"{'stage':<17} {'status':<8} {'rows in':>8} {'rows out':<34} {'dropped':<30} {'time':>7}"
+    lines += [header, "-" * len(header)]
+    for name, status, manifest, _ in report:
+        rows_out = ", ".join(f"{k}={v}" for k, v in (manifest.get("rows_out") or {}).items()) or "-"
+        dropped = ", ".join(f"{k}={v}" for k, v in (manifest.get("dropped") or {}).items()) or "-"
+        rows_in = manifest.get("rows_in")
+        lines.append(f"{name:<17} {status:<8} {rows_in if rows_in is not None else '-':>8} "
+                     f"{_clip(rows_out, 34):<34} {_clip(dropped, 30):<30} {manifest.get('wall_time_s', 0):>6.1f}s")
+    for name, _, manifest, _ in report:
+        for line in _metric_lines(manifest.get("metrics") or {}):
+            lines.append(f"  {name}: {line}")
+    lines += ["", f"outputs: {run.root}/<stage>/ (manifest.json in each)"]
+    hints = [h for _, _, m, _ in report for h in (m.get("extra") or {}).get("next", [])]
+    if hints:
+        lines += ["next:"] + [f"  {h}" for h in hints]
+    return "\n".join(lines)
+
+
+def _metric_lines(metrics: dict, prefix: str = "") -> list[str]:
+    out = []
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out += _metric_lines(value, f"{prefix}{key}.")
+        else:
+            flat[key] = value
+    if flat:
+        parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items()]
+        out.insert(0, f"{prefix.rstrip('.') or 'metrics'}: " + ", ".join(parts))
+    return out
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,119 @@
+"""The column contract between stages (DESIGN.md): names, types, and which stage writes each.
+
+Every stage checks the columns it needs on entry with :func:`require_columns`, so a dataset from
+the wrong place fails with one line naming the missing column and the stage that writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING
+
+from .errors import HfaugError
+
+if TYPE_CHECKING:  # datasets is imported lazily to keep `hfaug --help` fast
+    import datasets
+
+    from .tasks import Task
+
+ID = "id"
+TASK = "task"
+TEXT = "text"
+PREMISE = "premise"
+HYPOTHESIS = "hypothesis"
+LANG = "lang"
+SOURCE_ID = "source_id"
+ORIGIN = "origin"
+PROMPT_LABEL = "prompt_label"
+LABEL = "label"
+SOFT_LABEL = "soft_label"
+CONFIDENCE = "confidence"
+VARIABILITY = "variability"
+MEAN_CONFIDENCE = "mean_confidence"
+CHECKPOINT_PROBS = "checkpoint_probs"
+STRATEGY = "strategy"
+RANK = "rank"
+GEN_MODEL = "gen_model"
+GEN_PARAMS = "gen_params"
+
+ORIGIN_SOURCE = "source"
+ORIGIN_SYNTHETIC = "synthetic"
+
+#: which stage writes a column: named in the error when a stage finds it missing
+WRITTEN_BY: dict[str, str] = {
+    ID: "generate (or source)",
+    TASK: "generate (or source)",
+    TEXT: "generate (or source)",
+    PREMISE: "generate (or source)",
+    HYPOTHESIS: "generate (or source)",
+    LANG: "generate / translate",
+    SOURCE_ID: "translate",
+    ORIGIN: "generate (or source)",
+    PROMPT_LABEL: "generate",
+    LABEL: "label (or source)",
+    SOFT_LABEL: "label",
+    CONFIDENCE: "label",
+    VARIABILITY: "label (with dynamics: true)",
+    MEAN_CONFIDENCE: "label (with dynamics: true)",
+    CHECKPOINT_PROBS: "label (with dynamics: true)",
+    STRATEGY: "select",
+    RANK: "select",
+    GEN_MODEL: "generate",
+    GEN_PARAMS: "generate",
+}
+
+
+def make_id(task: str, *texts: str) -> str:
+    """A stable content hash: the same text always gets the same id, other text never does."""
+    payload = json.dumps([task, *texts], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:20]
+
+
+def require_columns(dataset: "datasets.Dataset", columns, stage: str) -> None:
+    """Raise a user error naming the first missing column and the stage that writes it."""
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        col = missing[0]
+        writer = WRITTEN_BY.get(col, "an earlier stage")
+        raise HfaugError(
+            f"{stage}: input has no '{col}' column; it is written by the {writer} stage "
+            f"(columns present: {', '.join(dataset.column_names)})"
+        )
+
+
+def features(task: "Task", columns) -> "datasets.Features":
+    """Typed features for the given contract columns: ClassLabel labels with the task's names,
+    Sequence(float32) soft labels. Unknown columns are left out (the caller adds them)."""
+    import datasets
+
+    label = datasets.ClassLabel(names=list(task.labels))
+    types = {
+        ID: datasets.Value("string"),
+        TASK: datasets.Value("string"),
+        TEXT: datasets.Value("string"),
+        PREMISE: datasets.Value("string"),
+        HYPOTHESIS: datasets.Value("string"),
+        LANG: datasets.Value("string"),
+        SOURCE_ID: datasets.Value("string"),
+        ORIGIN: datasets.Value("string"),
+        PROMPT_LABEL: label,
+        LABEL: label,
+        SOFT_LABEL: datasets.Sequence(datasets.Value("float32")),
+        CONFIDENCE: datasets.Value("float32"),
+        VARIABILITY: datasets.Value("float32"),
+        MEAN_CONFIDENCE: datasets.Value("float32"),
+        CHECKPOINT_PROBS: datasets.Sequence(datasets.Sequence(datasets.Value("float32"))),
+        STRATEGY: datasets.Value("string"),
+        RANK: datasets.Value("int32"),
+        GEN_MODEL: datasets.Value("string"),
+        GEN_PARAMS: datasets.Value("string"),
+    }
+    return datasets.Features({c: types[c] for c in columns if c in types})
+
+
+def cast_contract(dataset: "datasets.Dataset", task: "Task") -> "datasets.Dataset":
+    """Cast every contract column present to its contract type (labels become ClassLabel)."""
+    target = dataset.features.copy()
+    target.update(features(task, dataset.column_names))
+    return dataset if target == dataset.features else dataset.cast(target)
