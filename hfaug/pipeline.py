@@ -46,7 +46,7 @@ PIPELINE: tuple[Stage, ...] = (
           "push the selected data as a versioned Hub dataset repo (or a local folder)"),
     Stage("distill", "distill", "hfaug.distill:run", ("source", "translate-source", "select"),
           "train students on source plus selected synthetic rows with soft labels"),
-    Stage("export", "export", "hfaug.export:run", ("distill",),
+    Stage("export", "export", "hfaug.export:run", ("source", "distill"),
           "export students to ONNX (optionally int8) behind a parity gate"),
     Stage("evaluate", "evaluate", "hfaug.evaluate:run", ("teacher", "distill", "export"),
           "accuracy and macro-F1 per target language"),
