@@ -300,8 +300,8 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
 
 def to_dict(config: Any) -> dict:
     """A config dataclass as plain data (for manifests, hashes and saved recipes)."""
-    if hasattr(config, "to_dict") and not dataclasses.is_dataclass(type(config)):
-        return config.to_dict()
+    if not dataclasses.is_dataclass(config):
+        return config  # already plain data
     out = {}
     for f in dataclasses.fields(config):
         if not f.init:
