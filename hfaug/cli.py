@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dry-run", action="store_true",
                            help="send a few real requests and estimate tokens and time for the run")
 
-    sub.add_parser("recipes", help="list the packaged recipes")
+    p = sub.add_parser("recipes", help="list the packaged recipes")
+    p.add_argument("--reference", action="store_true", help="print every recipe key with its type, default and help")
     return parser
 
 
@@ -114,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args, extra: list[str]) -> int:
     if args.command == "recipes":
-        from .config import packaged_recipes
+        from .config import packaged_recipes, reference_markdown
 
-        print("\n".join(packaged_recipes()))
+        print(reference_markdown() if args.reference else "\n".join(packaged_recipes()))
         return 0
 
     from .config import load_recipe

@@ -211,7 +211,10 @@ def execute(run: Run, stage: str, fn, config: Any, inputs: list[str], *, force: 
         return run.manifest(stage), True
 
     final = run.stage_dir(stage)
-    tmp = run.root / f".{stage}.tmp"
+    # Under `accelerate launch` every process runs the stage on its share of the rows; the stage
+    # gathers the results, and only the main process writes the output folder.
+    rank = int(os.environ.get("RANK", "0"))
+    tmp = run.root / (f".{stage}.tmp" if rank == 0 else f".{stage}.tmp-rank{rank}")
     if tmp.exists():
         shutil.rmtree(tmp)  # leftovers of a killed attempt; finished work lives in cache/
     tmp.mkdir(parents=True)
@@ -220,6 +223,9 @@ def execute(run: Run, stage: str, fn, config: Any, inputs: list[str], *, force: 
     start = time.perf_counter()
     result: StageResult = fn(ctx)
     wall = time.perf_counter() - start
+    if rank != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return {"stage": stage, "rank": rank, "rows_out": {k: len(v) for k, v in result.datasets.items()}}, False
 
     rows_out = {}
     for name, ds in result.datasets.items():
