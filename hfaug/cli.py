@@ -20,6 +20,7 @@ logger = logging.getLogger("hfaug")
 # kept in sync with hfaug.pipeline.PIPELINE (not imported here to keep --help light)
 STAGE_HELP = {
     "source": "load the labelled source data (train/dev)",
+    "adapt": "LoRA-fine-tune the generator LLM on the source data (optional)",
     "generate": "LLM-written English candidates, cleaned",
     "translate-source": "translate the source data into the target languages",
     "teacher": "fine-tune the teacher; one checkpoint per epoch",

@@ -31,6 +31,7 @@ from .errors import HfaugError, did_you_mean
 #: the pipeline are the only places that know them all.
 SECTIONS: dict[str, str] = {
     "source": "hfaug.source:SourceConfig",
+    "adapt": "hfaug.adapt:AdaptConfig",
     "generate": "hfaug.generate:GenerateConfig",
     "teacher": "hfaug.teacher:TeacherConfig",
     "label": "hfaug.label:LabelConfig",

@@ -31,7 +31,10 @@ class Stage:
 
 PIPELINE: tuple[Stage, ...] = (
     Stage("source", "source", "hfaug.source:run", (), "load the labelled source data (train/dev)"),
-    Stage("generate", "generate", "hfaug.generate:run", (), "LLM-written English candidates, cleaned"),
+    Stage("adapt", "adapt", "hfaug.adapt:run", ("source",),
+          "LoRA-fine-tune the generator LLM on the source data (optional)"),
+    Stage("generate", "generate", "hfaug.generate:run", ("source", "adapt"),
+          "LLM-written English candidates, cleaned"),
     Stage("translate-source", "translate", "hfaug.translate:run_source", ("source",),
           "translate the source data (translated-teacher setting, published as source-translated)"),
     Stage("teacher", "teacher", "hfaug.teacher:run", ("source", "translate-source"),
