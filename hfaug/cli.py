@@ -2,6 +2,8 @@
 
     hfaug run RECIPE [--force STAGE] [--section.key VALUE ...]
     hfaug STAGE --config RECIPE [--force] [--section.key VALUE ...]
+    hfaug serve --config RECIPE [--port N] [--share true|false]
+    hfaug reproduce REPO [--revision v1] [--output-dir DIR]
     hfaug recipes
 
 Heavy packages are imported inside the commands, so `hfaug --help` stays fast.
@@ -60,6 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
         if stage == "generate":
             p.add_argument("--dry-run", action="store_true",
                            help="send a few real requests and estimate tokens and time for the run")
+        if stage == "publish":
+            p.add_argument("--local-dir",
+                           help="write the repo layout to this folder only, push nothing (publish.local_dir)")
+            p.add_argument("--tag", help="version tag; an existing one is never moved (publish.tag, default next vN)")
+            p.add_argument("--repo-id", help="Hub dataset repo user/name (publish.repo_id)")
+
+    p = sub.add_parser("serve", help="serve a run's exported students in the Gradio app (the Space's code)")
+    p.add_argument("--config", "-c", required=True, metavar="RECIPE", help="recipe path or packaged name")
+    p.add_argument("--port", type=int, help="port to listen on (recipe: serve.port, default 7860)")
+    p.add_argument("--share", choices=["true", "false"], help="public gradio.live link (recipe: serve.share)")
+    p.add_argument("--output-dir", help="folder for run directories (recipe: output_dir)")
+    p.add_argument("--name", help="run name (recipe: name)")
+
+    p = sub.add_parser("reproduce", help="download a published dataset's recipe and rerun it in a clean folder")
+    p.add_argument("repo", help="dataset repo id (user/name) or a local published folder")
+    p.add_argument("--revision", default="main", help="tag, branch or commit (default: main)")
+    p.add_argument("--output-dir", help="clean folder for the rerun (default: reproduce/<repo>-<revision>)")
 
     p = sub.add_parser("recipes", help="list the packaged recipes")
     p.add_argument("--reference", action="store_true", help="print every recipe key with its type, default and help")
@@ -121,17 +140,43 @@ def _dispatch(args, extra: list[str]) -> int:
         print(reference_markdown() if args.reference else "\n".join(packaged_recipes()))
         return 0
 
+    if args.command == "reproduce":
+        from .pipeline import summary
+        from .publish import reproduce
+
+        if extra:
+            raise HfaugError(f"reproduce takes no recipe overrides, got {' '.join(extra)}")
+        print(summary(reproduce(args.repo, args.revision, args.output_dir)))
+        return 0
+
     from .config import load_recipe
 
     overrides = parse_overrides(extra)
+    for flag in ("local_dir", "tag", "repo_id"):  # hfaug publish --local-dir/--tag/--repo-id
+        if getattr(args, flag, None) is not None:
+            overrides[f"publish.{flag}"] = getattr(args, flag)
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
     if args.name:
         overrides["name"] = args.name
+    if args.command == "serve":
+        if args.port is not None:
+            overrides["serve.port"] = args.port
+        if args.share is not None:
+            overrides["serve.share"] = args.share == "true"
     recipe = load_recipe(args.recipe if args.command == "run" else args.config, overrides)
 
-    from . import pipeline
     from .runs import Run
+
+    if args.command == "serve":
+        from .serve import ServeConfig, describe, serve
+
+        demo = serve(Run(recipe), recipe.sections.get("serve") or ServeConfig(), block=False)
+        print(describe(demo), flush=True)
+        demo.block_thread()  # until Ctrl+C, which closes the server
+        return 0
+
+    from . import pipeline
 
     if args.command == "run":
         run = pipeline.run_pipeline(recipe, force=args.force)
@@ -139,6 +184,11 @@ def _dispatch(args, extra: list[str]) -> int:
         return 0
 
     run = Run(recipe)
+    if getattr(args, "dry_run", False):
+        from .generate import dry_run
+
+        print(dry_run(run))  # a few real requests and an estimate; no stage output is written
+        return 0
     options = {"dry_run": True} if getattr(args, "dry_run", False) else {}
     start_manifest, skipped = pipeline.run_stage(run, args.command, force=args.force, options=options)
     print(pipeline.summary(run, [(args.command, "skipped" if skipped else "ran", start_manifest, 0.0)]))

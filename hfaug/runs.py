@@ -229,7 +229,8 @@ def execute(run: Run, stage: str, fn, config: Any, inputs: list[str], *, force: 
 
     rows_out = {}
     for name, ds in result.datasets.items():
-        ds.save_to_disk(str(tmp / name))
+        # an empty dataset saved with 0 shards cannot be loaded back: keep one (empty) shard
+        ds.save_to_disk(str(tmp / name), num_shards=1 if len(ds) == 0 else None)
         rows_out[name] = len(ds)
     manifest = {
         "stage": stage,

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"
@@ -57,16 +57,20 @@ def _seed(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def _unigram_tokenizer(texts: Iterable[str], vocab_size: int, special: list[str]):
+def _subword_tokenizer(texts: Iterable[str], vocab_size: int, special: list[str]):
+    """A Metaspace BPE tokenizer (SentencePiece-like). BPE training is deterministic, unlike
+    the Unigram trainer, so every machine builds the same tiny models (reproduction needs it)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.Unigram())
+    texts = list(texts)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special, unk_token="<unk>",
-                                      shrinking_factor=0.75, n_sub_iterations=2)
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    alphabet = sorted({ch for text in texts for ch in text})
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet,
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
     return tok
 
 
@@ -76,7 +80,7 @@ def build_encoder(path: Path) -> None:
     from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaForMaskedLM
 
     special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # XLM-R's ids 0..3, then mask
-    tok = _unigram_tokenizer(corpus(), 1500, special)
+    tok = _subword_tokenizer(corpus(), 1500, special)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", 0), ("</s>", 2)],
@@ -130,7 +134,7 @@ def build_mt(path: Path) -> None:
     from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizerFast
 
     special = ["<s>", "<pad>", "</s>", "<unk>"]
-    tok = _unigram_tokenizer(corpus(), 2000, special)
+    tok = _subword_tokenizer(corpus(), 2000, special)
     tokenizer = NllbTokenizerFast(tokenizer_object=tok, src_lang="eng_Latn", model_max_length=256)
     _seed()
     config = M2M100Config(

@@ -61,3 +61,12 @@ def test_cli_import_does_not_pull_heavy_packages():
     assert out.strip() == "[]"
     help_out = subprocess.run([sys.executable, "-m", "hfaug", "--help"], capture_output=True, text=True, check=True)
     assert "run" in help_out.stdout and "generate" in help_out.stdout
+
+
+def test_tiny_models_are_identical_on_every_build(tmp_path):
+    """Reproduction across machines needs the same tokenizer and weights from every build."""
+    from hfaug.testing import tiny_model
+
+    a, b = tiny_model("mt", root=tmp_path / "a"), tiny_model("mt", root=tmp_path / "b")
+    for name in ("tokenizer.json", "model.safetensors"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()

@@ -1,0 +1,502 @@
+"""Adapt stage: LoRA-fine-tune the generator LLM on the source data, so its generations look like it.
+
+The labelled source rows become chat instruction/response pairs with the generate stage's own
+prompt wording (the paper's): "Write a single review ... indicating positive sentiment." ->
+a positive source review; for NLI, 'Sentence: "<premise>" Write one short sentence that is
+implied by ...' -> the source hypothesis of that relation. TRL's ``SFTTrainer`` trains a peft
+LoRA adapter on them, with the loss on the response only (prompt-completion data).
+
+Input datasets: ``source`` ``train``.
+Input columns: text (or premise + hypothesis), label.
+
+Output folder::
+
+    adapter/     adapter_config.json, adapter_model.safetensors, tokenizer files, README.md
+                 (model card: base model, data, LoRA settings, loading with peft, serving with TGI);
+                 a model repo as it stands (``hf upload <user>/<name> adapter/``)
+    adapt.json   {"adapter": "adapter", "base_model": <recipe ref>, "base_model_path": <resolved>,
+                  "lora": {...}, "task": ..., "metrics": {...}}
+    pairs/       the instruction/response pairs trained on (dataset: prompt, completion, label, source_id)
+
+:class:`AdaptConfig` subclasses TRL's ``SFTConfig`` (and so ``transformers.TrainingArguments``):
+every TRL and Trainer option works in the recipe's ``adapt:`` section. It is built on first
+access (PEP 562 module ``__getattr__``) so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import string
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import schema
+from .config import resolve
+from .errors import HfaugError, did_you_mean
+from .runs import StageContext, StageResult, stable_hash, write_json_atomic
+
+if TYPE_CHECKING:
+    import datasets
+
+    from .tasks import Task
+
+logger = logging.getLogger(__name__)
+
+ADAPTER = "adapter"
+ADAPT_JSON = "adapt.json"
+PAIRS = "pairs"
+DEFAULT_MODEL = "meta-llama/Llama-2-7b-chat-hf"
+
+#: instruction templates: the generate stage's prompts (PAPER.md "Generation"), so the adapter
+#: learns what to answer to exactly the requests it will get. ``{label}`` is the label name;
+#: NLI templates also get ``{premise}``. "system" is the system turn ("" for none).
+SENTIMENT_TEMPLATES: dict[str, str] = {
+    "system": "You are a user who writes reviews. Write only the review, nothing before or after it.",
+    "positive": "Write a single review of at most two short sentences indicating positive sentiment.",
+    "negative": "Write a single review of at most two short sentences indicating negative sentiment.",
+    "neutral": "Write a fact-based, non-opinionated, very short general sentence. Use no emotional language.",
+}
+NLI_TEMPLATES: dict[str, str] = {
+    "system": "You write single short sentences. Write only the sentence, nothing before or after it.",
+    "entailment": 'Sentence: "{premise}"\nWrite one short sentence that is implied by the sentence above.',
+    "neutral": ('Sentence: "{premise}"\nWrite one short sentence that is related to the sentence above but is '
+                "neither implied nor contradicted by it."),
+    "contradiction": 'Sentence: "{premise}"\nWrite one short sentence that logically contradicts the sentence above.',
+}
+TEMPLATES = {"sentiment": SENTIMENT_TEMPLATES, "nli": NLI_TEMPLATES}
+TEMPLATE_KEYS = sorted({k for t in TEMPLATES.values() for k in t})
+
+
+def templates_for(task: "Task", overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The task's instruction templates with a recipe's overrides; a key or placeholder the task
+    does not have is a one-line user error."""
+    base = TEMPLATES.get(task.name)
+    if base is None:
+        raise HfaugError(f"adapt: no instruction templates for task '{task.name}'")
+    out = dict(base)
+    allowed = {"label", "premise"} if task.is_pair else {"label"}
+    for key, template in (overrides or {}).items():
+        if key not in base:
+            raise HfaugError(f"adapt.templates: '{key}' is not a {task.name} template key{did_you_mean(key, base)}")
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        bad = sorted(names - (set() if key == "system" else allowed))
+        if bad:
+            raise HfaugError(f"adapt.templates.{key}: unknown placeholder {{{bad[0]}}}; allowed: "
+                             f"{', '.join('{' + a + '}' for a in sorted(allowed)) if key != 'system' else 'none'}")
+        out[key] = template
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# config (built lazily: it subclasses trl.SFTConfig)
+
+
+def _bf16_supported() -> bool:
+    try:
+        from transformers.utils import is_torch_bf16_gpu_available
+
+        return bool(is_torch_bf16_gpu_available())
+    except Exception:  # an exotic device or an old transformers: stay in float32
+        return False
+
+
+def _build_adapt_config():
+    from trl import SFTConfig
+
+    @dataclass
+    class AdaptConfig(SFTConfig):
+        """LoRA fine-tuning of the generator LLM on the source data: every ``trl.SFTConfig`` (and
+        ``transformers.TrainingArguments``) option, plus the base model, the LoRA adapter and the
+        instruction templates."""
+
+        model: str = field(default=DEFAULT_MODEL, metadata={
+            "help": "Causal LM to adapt: a Hub id, a local folder or hfaug://tiny/chat-lm. Use the model the "
+                    "generate stage serves, so the adapter fits it."})
+        lora_r: int = field(default=16, metadata={"help": "LoRA rank r."})
+        lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha (the update is scaled by alpha/r)."})
+        lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path during training."})
+        lora_target_modules: str | list[str] = field(default_factory=lambda: ["q_proj", "v_proj"], metadata={
+            "help": "Modules that get LoRA weights: names (Llama: q_proj, k_proj, v_proj, o_proj, gate_proj, "
+                    "up_proj, down_proj) or 'all-linear'. TGI serves adapters on the attention projections."})
+        templates: dict[str, str] = field(default_factory=dict, metadata={
+            "help": "Override instruction templates by key: system, and one per label (sentiment: positive, "
+                    "negative, neutral; nli: entailment, neutral, contradiction, with {premise}). {label} is the "
+                    "label name. Defaults are the generate stage's prompts."})
+        max_train_rows: int | None = field(default=None, metadata={
+            "help": "Train on at most this many source rows (a seeded sample, balanced by class); null: all."})
+        # SFTConfig / TrainingArguments defaults changed for LoRA and for the stage
+        learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate (LoRA: ~1e-4 to 3e-4)."})
+        num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs over the instruction pairs."})
+        logging_first_step: bool = field(default=True, metadata={
+            "help": "Log the loss of the first step too (the stage reports the first and last logged loss)."})
+        report_to: str | list[str] | None = field(default="none", metadata={
+            "help": "Experiment trackers (tensorboard, wandb, ...); 'none' for none."})
+        bf16: bool | None = field(default=None, metadata={
+            "help": "bfloat16 mixed precision; null: on where the GPU supports it, off on CPU."})
+        seed: int | None = field(default=None, metadata={
+            "help": "Seed of the LoRA initialisation and data order (default: the run's seed)."})
+
+        def __post_init__(self):
+            for name in ("lora_r", "lora_alpha"):
+                if getattr(self, name) < 1:
+                    raise HfaugError(f"adapt.{name} must be at least 1, got {getattr(self, name)}")
+            if not 0.0 <= self.lora_dropout < 1.0:
+                raise HfaugError(f"adapt.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            if isinstance(self.lora_target_modules, list) and not self.lora_target_modules:
+                raise HfaugError("adapt.lora_target_modules must name at least one module (or 'all-linear')")
+            if self.max_train_rows is not None and self.max_train_rows < 1:
+                raise HfaugError(f"adapt.max_train_rows must be at least 1 or null, got {self.max_train_rows}")
+            for key in self.templates:
+                if key not in TEMPLATE_KEYS:
+                    raise HfaugError(f"adapt.templates: unknown key '{key}'{did_you_mean(key, TEMPLATE_KEYS)}")
+            if self.hub_token or getattr(self, "push_to_hub_token", None):
+                raise HfaugError("adapt.hub_token must not be in a recipe: log in with `hf auth login` or set HF_TOKEN")
+            if self.bf16 is None and not self.fp16:
+                # TRL turns bf16 on by default, which TrainingArguments refuses on a CPU
+                self.bf16 = _bf16_supported()
+            # TrainingArguments would put a timestamp and host name into logging_dir, which would
+            # change the config's hash on every load (and so rerun an unchanged stage)
+            if self.logging_dir is None:
+                self.logging_dir = os.path.join(self.output_dir or "trainer_output", "logs")
+            super().__post_init__()
+
+        def lora_config(self):
+            """The peft ``LoraConfig`` these settings describe (causal LM, no bias)."""
+            from peft import LoraConfig
+
+            return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                              target_modules=self.lora_target_modules, bias="none", task_type="CAUSAL_LM")
+
+    AdaptConfig.__module__ = __name__
+    AdaptConfig.__qualname__ = "AdaptConfig"
+    return AdaptConfig
+
+
+_LAZY = {"AdaptConfig": _build_adapt_config}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = _LAZY[name]()
+        globals()[name] = value  # built once; later lookups find it directly
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _config_class():
+    return globals().get("AdaptConfig") or __getattr__("AdaptConfig")
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def instruction_pairs(dataset: "datasets.Dataset", task: "Task", templates: dict[str, str] | None = None,
+                      *, max_rows: int | None = None, seed: int = 42) -> tuple["datasets.Dataset", Counter]:
+    """Source rows as conversational prompt/completion pairs (TRL's prompt-completion format).
+
+    Returns (pairs, dropped): pairs has ``prompt`` (system + user messages), ``completion``
+    (the assistant message: the source text, or the hypothesis for NLI), ``label`` and
+    ``source_id``. Rows with an empty text are dropped (counted as ``empty_text``); with
+    ``max_rows``, a seeded class-balanced sample is kept (the rest counted as ``over_max_train_rows``).
+    """
+    import random
+
+    import datasets
+
+    schema.require_columns(dataset, [*task.text_columns, schema.LABEL], "adapt")
+    templates = templates_for(task, templates)
+    feature = dataset.features[schema.LABEL]
+    labels = list(dataset[schema.LABEL])
+    if isinstance(feature, datasets.ClassLabel):
+        names = [feature.names[v] for v in labels]
+    else:
+        names = [v if isinstance(v, str) else task.labels[v] for v in labels]
+    unknown = sorted(set(names) - set(task.labels))
+    if unknown:
+        raise HfaugError(f"adapt: source labels {unknown} are not {task.name} labels {list(task.labels)}")
+    columns = {c: list(dataset[c]) for c in task.text_columns}
+    ids = list(dataset[schema.ID]) if schema.ID in dataset.column_names else [None] * len(dataset)
+    dropped: Counter = Counter()
+    keep = []
+    for i in range(len(dataset)):
+        if all(isinstance(columns[c][i], str) and columns[c][i].strip() for c in task.text_columns):
+            keep.append(i)
+        else:
+            dropped["empty_text"] += 1
+    if max_rows is not None and len(keep) > max_rows:
+        # round-robin over the classes of a seeded shuffle: balanced while every class lasts
+        rng = random.Random(seed)
+        by_class: dict[str, list[int]] = {}
+        for i in keep:
+            by_class.setdefault(names[i], []).append(i)
+        for rows in by_class.values():
+            rng.shuffle(rows)
+        chosen: list[int] = []
+        while len(chosen) < max_rows:
+            for label in task.labels:
+                if by_class.get(label) and len(chosen) < max_rows:
+                    chosen.append(by_class[label].pop())
+        dropped["over_max_train_rows"] += len(keep) - len(chosen)
+        keep = sorted(chosen)
+    out: dict[str, list] = {"prompt": [], "completion": [], "label": [], "source_id": []}
+    system = templates["system"]
+    for i in keep:
+        label = names[i]
+        if task.is_pair:
+            user = templates[label].format(label=label, premise=columns["premise"][i].strip())
+            answer = columns["hypothesis"][i].strip()
+        else:
+            user = templates[label].format(label=label)
+            answer = columns[task.text_columns[0]][i].strip()
+        prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        out["prompt"].append(prompt)
+        out["completion"].append([{"role": "assistant", "content": answer}])
+        out["label"].append(task.label2id[label])
+        out["source_id"].append(ids[i] or schema.make_id(task.name, *(columns[c][i] for c in task.text_columns)))
+    # a list of dicts, as TRL's chat format expects (Sequence of a dict would become a dict of lists)
+    message = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    features = datasets.Features({"prompt": message, "completion": message,
+                                  "label": datasets.ClassLabel(names=list(task.labels)),
+                                  "source_id": datasets.Value("string")})
+    return datasets.Dataset.from_dict(out, features=features), dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class AdaptResult:
+    """A trained adapter: where it is and how training went."""
+
+    adapter_dir: Path
+    metrics: dict[str, Any]
+    pairs: "datasets.Dataset"
+    dropped: Counter
+
+
+def _loss_metrics(log_history: list[dict], train_output) -> dict[str, Any]:
+    losses = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    metrics: dict[str, Any] = {}
+    if losses:
+        metrics["loss_first"] = float(losses[0][1])
+        metrics["loss_last"] = float(losses[-1][1])
+        metrics["loss_first_step"] = int(losses[0][0])
+        metrics["loss_last_step"] = int(losses[-1][0])
+    if train_output is not None:
+        metrics["train_loss"] = float(train_output.training_loss)
+        metrics["steps"] = int(train_output.global_step)
+        runtime = train_output.metrics.get("train_runtime")
+        if runtime is not None:
+            metrics["train_runtime_s"] = round(float(runtime), 2)
+    return metrics
+
+
+def adapt(source: "datasets.Dataset", config, task: "Task", out_dir: str | Path, *, seed: int = 42,
+          resume: bool = True) -> AdaptResult:
+    """Fine-tune ``config.model`` with a LoRA adapter on ``source`` turned into instruction pairs.
+
+    ``config`` is an :class:`AdaptConfig`; its ``output_dir`` holds the Trainer checkpoints (a
+    later call with ``resume`` continues from the last one). The adapter, its tokenizer and a model
+    card are saved to ``out_dir``.
+    """
+    import copy
+
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    cls = _config_class()
+    if not isinstance(config, cls):
+        raise TypeError(f"config must be an AdaptConfig, got {type(config).__name__}")
+    out_dir = Path(out_dir)
+    seed = config.seed if config.seed is not None else seed
+    pairs, dropped = instruction_pairs(source, task, config.templates, max_rows=config.max_train_rows, seed=seed)
+    if len(pairs) == 0:
+        raise HfaugError("adapt: the source train data has no usable rows (every text is empty); check source.path")
+
+    model_path = resolve(config.model)
+    # the trainer changes its arguments (gradient checkpointing kwargs, accelerator config): give it a copy
+    args = copy.deepcopy(config)
+    args.seed = seed
+    tokenizer_kwargs = {"trust_remote_code": config.trust_remote_code}
+    init_kwargs = config.model_init_kwargs if isinstance(config.model_init_kwargs, dict) else {}
+    revision = init_kwargs.get("revision")
+    if revision:
+        tokenizer_kwargs["revision"] = revision
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, **tokenizer_kwargs)
+    except OSError as e:
+        raise HfaugError(f"adapt.model: cannot load '{config.model}' ({str(e).splitlines()[0]}); use a Hub id, "
+                         "a local folder or hfaug://tiny/chat-lm") from None
+    if not tokenizer.chat_template:
+        raise HfaugError(f"adapt.model: '{config.model}' has no chat template; use a chat model, or set "
+                         "adapt.chat_template_path to a tokenizer or .jinja file with one")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # Llama-2 has none; padding is masked anyway
+
+    checkpoint = _last_checkpoint(args.output_dir) if resume else None
+    if checkpoint:
+        logger.info("adapt: resuming from %s", checkpoint)
+    logger.info("adapt: LoRA r=%d on %s of %s, %d instruction pairs", config.lora_r, config.lora_target_modules,
+                config.model, len(pairs))
+    trainer = SFTTrainer(
+        model=model_path,
+        args=args,
+        train_dataset=pairs.select_columns(["prompt", "completion"]),
+        processing_class=tokenizer,
+        peft_config=config.lora_config(),
+    )
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = {"pairs": len(pairs), **_loss_metrics(trainer.state.log_history, train_output)}
+    if trainer.is_world_process_zero():
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        trainer.save_model(str(out_dir))
+        # the arguments are in the run's manifest; a pickle would tie the repo to hfaug
+        (out_dir / "training_args.bin").unlink(missing_ok=True)
+    return AdaptResult(adapter_dir=out_dir, metrics=metrics, pairs=pairs, dropped=dropped)
+
+
+def _last_checkpoint(output_dir: str | None) -> str | None:
+    if not output_dir or not Path(output_dir).is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(output_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# model card
+
+
+def model_card(*, base_model: str, task: "Task", lora: dict, metrics: dict, rows: int, data: str,
+               adapter_id: str = "<user>/<adapter-repo>", description: str = "") -> str:
+    """The adapter's README.md: what it is, how it was trained, and how to load and serve it."""
+    from .cards import PAPER_CITATION
+
+    targets = lora["target_modules"]
+    targets = targets if isinstance(targets, str) else ", ".join(targets)
+    loss = ""
+    if "loss_first" in metrics:
+        loss = (f"- training loss: {metrics['loss_first']:.4f} (step {metrics.get('loss_first_step', 1)}) -> "
+                f"{metrics['loss_last']:.4f} (step {metrics.get('loss_last_step', metrics.get('steps', '?'))})\n")
+    hub_base = base_model if not base_model.startswith(("hfaug://", "/", ".")) else None
+    front = ["---", "library_name: peft", "pipeline_tag: text-generation",
+             "tags: [hfaug, lora, sft, trl, synthetic-data-generation]"]
+    if hub_base:
+        front.append(f"base_model: {hub_base}")
+    front.append("---")
+    return "\n".join(front) + f"""
+
+# LoRA adapter: {task.name} data generator
+
+A LoRA adapter for `{base_model}` trained by hfaug (`hfaug adapt`) with TRL's
+`SFTTrainer`, so that the generator's outputs look like the user's labelled {task.name} data. It is
+the optional adaptation step of the pipeline following *Boosting Zero-Shot Crosslingual Performance
+using LLM-Based Augmentations with Effective Data Selection* (Fazili et al., Findings of ACL 2024).
+{description}
+
+## Training
+
+- base model: `{base_model}`
+- data: {rows} instruction/response pairs from {data}: each labelled row became a chat turn
+  asking for an example of its label (the generate stage's prompt) answered with the row's text
+  ({"the hypothesis of that relation to the premise" if task.is_pair else "the review"}); loss on the response only
+- LoRA: r={lora['r']}, alpha={lora['alpha']}, dropout={lora['dropout']}, target modules: {targets}
+- steps: {metrics.get('steps', '?')}
+{loss}
+## Use with peft
+
+```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+model = AutoPeftModelForCausalLM.from_pretrained("{adapter_id}")   # loads the base model too
+tokenizer = AutoTokenizer.from_pretrained("{adapter_id}")
+messages = [{{"role": "user", "content": "Write a single review of at most two short sentences indicating positive sentiment."}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+print(tokenizer.decode(model.generate(inputs, max_new_tokens=64, do_sample=True)[0][inputs.shape[1]:]))
+```
+
+In hfaug, the generate stage's `transformers` backend loads the base model and this adapter.
+
+## Serve with Text Generation Inference
+
+TGI serves LoRA adapters next to the base model and picks one per request:
+
+```bash
+docker run --gpus all -p 8080:80 ghcr.io/huggingface/text-generation-inference:latest \\
+    --model-id {hub_base or '<base-model-id>'} --lora-adapters {adapter_id}
+# a local adapter folder: mount it and pass --lora-adapters name=/data/adapter
+```
+
+```python
+from huggingface_hub import InferenceClient
+
+client = InferenceClient("http://localhost:8080")
+client.text_generation(prompt, adapter_id="{adapter_id}", max_new_tokens=64)
+# raw HTTP: POST /generate {{"inputs": ..., "parameters": {{"adapter_id": "{adapter_id}"}}}}
+```
+
+Requests without `adapter_id` get the base model.
+
+## Citation
+
+```bibtex
+{PAPER_CITATION}
+```
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# stage
+
+
+def _work_key(ctx: StageContext) -> str:
+    from .config import to_dict
+
+    config = {k: v for k, v in to_dict(ctx.config).items() if k not in ("output_dir", "logging_dir")}
+    return stable_hash({"config": config, "task": ctx.task.name, "seed": ctx.seed,
+                        "source": (ctx.run.manifest("source") or {}).get("run_id")})
+
+
+def run(ctx: StageContext) -> StageResult:
+    config = ctx.config
+    task = ctx.task
+    source = ctx.input("source", "train")
+    if config.output_dir not in (None, "trainer_output"):
+        logger.info("adapt: output_dir is set by the stage (checkpoints go to the run's cache folder)")
+    # checkpoints live in the cache, keyed by config and input, so a killed run resumes and a
+    # changed one starts afresh
+    work = ctx.cache_dir / _work_key(ctx)
+    args = _replace_dirs(config, work)
+    result = adapt(source, args, task, ctx.out_dir / ADAPTER, seed=ctx.seed)
+    lora = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+            "target_modules": config.lora_target_modules}
+    data = f"the source data ({ctx.recipe.source.path})" if ctx.recipe.has("source") else "the source data"
+    card = model_card(base_model=config.model, task=task, lora=lora, metrics=result.metrics, rows=len(result.pairs),
+                      data=data, description=ctx.recipe.run.description)
+    if result.adapter_dir.is_dir():  # under `accelerate launch` only the main process saves
+        (result.adapter_dir / "README.md").write_text(card, encoding="utf-8")
+    write_json_atomic(ctx.out_dir / ADAPT_JSON, {
+        "adapter": ADAPTER, "base_model": config.model, "base_model_path": resolve(config.model),
+        "task": task.name, "lora": lora, "metrics": result.metrics,
+    })
+    shutil.rmtree(work, ignore_errors=True)  # the adapter is saved; checkpoints only served resuming
+    hints = [f"adapter: {ctx.run.stage_dir(ctx.stage) / ADAPTER} (load with peft; serve with TGI --lora-adapters)"]
+    return StageResult(datasets={PAIRS: result.pairs}, dropped=result.dropped, rows_in=len(source),
+                       metrics=result.metrics, extra={"next": hints})
+
+
+def _replace_dirs(config, work: Path):
+    import copy
+
+    args = copy.deepcopy(config)
+    args.output_dir = str(work / "checkpoints")
+    args.logging_dir = str(work / "logs")
+    return args

@@ -1,0 +1,753 @@
+"""Publish stages: the selected data as a versioned Hub dataset repo, the students as model repos.
+
+``publish`` (``run``) builds the whole repo in a local folder first -- the layout a Hub dataset
+repo has, which ``load_dataset(folder, config)`` loads as it is::
+
+    README.md                                  dataset card; its YAML lists configs and features
+    data/<config>/<split>-00000-of-00001.parquet
+    figures/*.png                              the select stage's figures (data maps)
+    recipe.yaml                                the resolved recipe, without secrets
+    reproduce.py                               downloads recipe.yaml and reruns it with hfaug
+
+then, when a repo id and a token are there, pushes it as ONE commit and tags that commit
+(``v1``, ``v2``, ... or ``publish.tag``). An existing tag is never moved: asking for it is a user
+error and the server is left unchanged. Transient server failures are retried; if the commit
+still fails nothing is tagged and earlier versions are untouched.
+
+Configs: one per selected dataset (``hi-divk-2500``, ``hi-all``, ...), ``en-candidates`` (the
+English generations with teacher soft labels) and ``source-translated`` (the translated source
+data, splits train/validation, with a ``lang`` column).
+
+Input columns: the contract columns of each dataset (at least id, task, the task's text columns,
+label); labels become ClassLabel with the task's names and soft labels Sequence(float32).
+Output: ``<run>/publish/hub-layout/`` (or ``publish.local_dir``) and, when pushed, the Hub repo.
+
+The token comes from ``HF_TOKEN`` or the login cache only (never from the recipe) and is never
+logged or written; ``HF_ENDPOINT`` points the clients at a self-hosted or enterprise Hub.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import schema
+from .errors import HfaugError
+from .runs import StageContext, StageResult
+
+if TYPE_CHECKING:
+    import datasets
+
+    from .tasks import Task
+
+logger = logging.getLogger(__name__)
+
+CANDIDATES_CONFIG = "en-candidates"
+SOURCE_CONFIG = "source-translated"
+RECIPE_FILE = "recipe.yaml"
+SCRIPT_FILE = "reproduce.py"
+LAYOUT_DIR = "hub-layout"
+MAX_SHARD_BYTES = 500 * 1024 * 1024  # parquet shards stay well under the Hub's recommended file size
+REPO_ID_RE = re.compile(r"^[\w.\-]{1,96}/[\w.\-]{1,96}$")
+TAG_RE = re.compile(r"^[\w.\-]{1,64}$")
+CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
+#: recipe keys whose values are never written anywhere (an API key slipped into a recipe)
+SECRET_KEY_RE = re.compile(
+    r"(^|_)(token|secret|password|passwd|api_?key|auth|authorization|credentials?)($|_)", re.I)
+TASK_IDS = {"sentiment": "sentiment-classification", "nli": "natural-language-inference"}
+SPLIT_NAMES = {"train": "train", "dev": "validation", "validation": "validation", "test": "test"}
+
+
+@dataclass
+class PublishConfig:
+    """Where and how the run's data (and students) are published."""
+
+    repo_id: str | None = field(default=None, metadata={
+        "help": "Hub dataset repo 'user/name'. None: write the local folder only (the offline default)."})
+    local_dir: str | None = field(default=None, metadata={
+        "help": "Write the repo layout here and push nothing. Default: <run>/publish/hub-layout "
+                "(always written)."})
+    private: bool = field(default=False, metadata={"help": "Create the Hub repos as private."})
+    tag: str | None = field(default=None, metadata={
+        "help": "Version tag of this publish. None: the next free v1, v2, ... An existing tag is never moved."})
+    license: str = field(default="cc-by-4.0", metadata={
+        "help": "License id in the card (Hub license ids). Check the generator model's terms of use."})
+    pretty_name: str | None = field(default=None, metadata={
+        "help": "Title of the card. Default: from the run name."})
+    configs: list[str] | None = field(default=None, metadata={
+        "help": "Select datasets to publish (fnmatch patterns, e.g. 'hi-*'). None: all of them."})
+    candidates: bool = field(default=True, metadata={
+        "help": f"Publish the labelled English generations as config '{CANDIDATES_CONFIG}'."})
+    source_translated: bool = field(default=True, metadata={
+        "help": f"Publish the translated source data as config '{SOURCE_CONFIG}'."})
+    models: bool = field(default=True, metadata={
+        "help": "Run publish-model: push each student (and its ONNX export) as a model repo."})
+    model_repo: str = field(default="{repo_id}-{name}", metadata={
+        "help": "Model repo id pattern; {repo_id} is publish.repo_id, {name} the student's name."})
+    commit_message: str | None = field(default=None, metadata={
+        "help": "Commit title. Default: 'hfaug publish <tag>'."})
+    retries: int = field(default=3, metadata={
+        "help": "Retries of each Hub call on a server error or lost connection."})
+    retry_wait: float = field(default=2.0, metadata={"help": "Seconds before the first retry; doubles each time."})
+
+    def __post_init__(self):
+        if self.repo_id is not None and not REPO_ID_RE.match(self.repo_id):
+            raise HfaugError(f"publish.repo_id '{self.repo_id}' must look like 'user/name' "
+                             "(letters, digits, '-', '_', '.')")
+        if self.tag is not None and not TAG_RE.match(self.tag):
+            raise HfaugError(f"publish.tag '{self.tag}' must be letters, digits, '-', '_' or '.', e.g. v3")
+        if "{name}" not in self.model_repo:
+            raise HfaugError(f"publish.model_repo '{self.model_repo}' must contain {{name}} (the student's name)")
+        if self.retries < 0 or self.retry_wait < 0:
+            raise HfaugError("publish.retries and publish.retry_wait must be >= 0")
+        if not self.license:
+            raise HfaugError("publish.license must be a Hub license id, e.g. cc-by-4.0")
+
+
+# ---------------------------------------------------------------------------------------------
+# tokens, endpoints, secrets
+
+
+def hub_token() -> str | None:
+    """The token from HF_TOKEN or the login cache (``huggingface-cli login``); never from a recipe."""
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def hub_endpoint() -> str:
+    """HF_ENDPOINT at call time (a self-hosted or enterprise Hub), else the client's default."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def redact(data: Any, secrets: tuple[str, ...] = ()) -> Any:
+    """A copy of plain data with secret-looking keys blanked and known secret strings removed."""
+    if isinstance(data, dict):
+        return {k: ("<redacted>" if isinstance(k, str) and SECRET_KEY_RE.search(k) and v else redact(v, secrets))
+                for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact(v, secrets) for v in data]
+    if isinstance(data, str):
+        for secret in secrets:
+            if secret:
+                data = data.replace(secret, "<redacted>")
+    return data
+
+
+def _secrets() -> tuple[str, ...]:
+    token = hub_token()
+    return (token,) if token else ()
+
+
+# ---------------------------------------------------------------------------------------------
+# collecting the run's datasets
+
+
+def collect(ctx: StageContext) -> dict[str, dict[str, "datasets.Dataset"]]:
+    """{config: {split: Dataset}} from the select, label and translate-source outputs of a run."""
+    import datasets
+
+    config: PublishConfig = ctx.config
+    run, task = ctx.run, ctx.task
+    out: dict[str, dict[str, datasets.Dataset]] = {}
+    if run.manifest("select") is not None:
+        rows_out = run.manifest("select").get("rows_out") or {}
+        for name in run.outputs("select"):
+            if config.configs and not any(fnmatch.fnmatch(name, p) for p in config.configs):
+                continue
+            if name in (CANDIDATES_CONFIG, SOURCE_CONFIG) or not CONFIG_NAME_RE.match(name):
+                raise HfaugError(f"publish: select dataset '{name}' cannot be a config name "
+                                 f"(reserved or invalid); rename it in the select section")
+            if not rows_out.get(name):
+                # an empty subset has no rows to load (and save_to_disk writes no shard for it)
+                logger.warning("publish: select subset '%s' is empty and is left out", name)
+                continue
+            out[name] = {"train": _typed(run.load("select", name), task, f"select/{name}")}
+    if config.candidates and run.manifest("label") is not None:
+        out[CANDIDATES_CONFIG] = {"train": _typed(run.load("label"), task, "label/data")}
+    if config.source_translated and run.manifest("translate-source") is not None:
+        splits: dict[str, list[datasets.Dataset]] = {}
+        source_rows = run.manifest("translate-source").get("rows_out") or {}
+        for name in run.outputs("translate-source"):
+            match = re.fullmatch(r"(train|dev|validation|test)-(.+)", name)
+            if not match or not source_rows.get(name):
+                continue
+            ds = run.load("translate-source", name)
+            if schema.LANG not in ds.column_names:
+                ds = ds.add_column(schema.LANG, [match.group(2)] * len(ds))
+            splits.setdefault(SPLIT_NAMES[match.group(1)], []).append(_typed(ds, task, f"translate-source/{name}"))
+        if splits:
+            out[SOURCE_CONFIG] = {split: _concat(parts) for split, parts in splits.items()}
+    if not out:
+        raise HfaugError("publish: nothing to publish; the run has no select, label or translate-source "
+                         "outputs (run those stages first)")
+    return out
+
+
+def _typed(ds: "datasets.Dataset", task: "Task", where: str) -> "datasets.Dataset":
+    schema.require_columns(ds, [schema.ID, *task.text_columns, schema.LABEL], f"publish ({where})")
+    return schema.cast_contract(ds, task)
+
+
+def _concat(parts: list["datasets.Dataset"]) -> "datasets.Dataset":
+    import datasets
+
+    common = [c for c in parts[0].column_names if all(c in p.column_names for p in parts)]
+    return datasets.concatenate_datasets([p.select_columns(common) for p in parts])
+
+
+# ---------------------------------------------------------------------------------------------
+# the local layout and the card
+
+
+def write_data(configs: dict[str, dict[str, "datasets.Dataset"]], folder: Path) -> dict[str, dict[str, list[str]]]:
+    """Parquet shards under data/<config>/; returns {config: {split: [relative paths]}}."""
+    files: dict[str, dict[str, list[str]]] = {}
+    for name, splits in configs.items():
+        for split, ds in splits.items():
+            nbytes = ds.data.nbytes if len(ds) else 0
+            shards = max(1, math.ceil(nbytes / MAX_SHARD_BYTES))
+            for i in range(shards):
+                rel = f"data/{name}/{split}-{i:05d}-of-{shards:05d}.parquet"
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                part = ds.shard(shards, i, contiguous=True) if shards > 1 else ds
+                part.to_parquet(str(folder / rel))
+                files.setdefault(name, {}).setdefault(split, []).append(rel)
+    return files
+
+
+def card_metadata(configs: dict[str, dict[str, "datasets.Dataset"]], files: dict[str, dict[str, list[str]]],
+                  task: "Task", languages: list[str], license: str, pretty_name: str) -> str:
+    """The card's YAML: configs with data_files, dataset_info with features and splits, tags."""
+    import datasets
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    total = sum(len(ds) for splits in configs.values() for ds in splits.values())
+    size = next(c for limit, c in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
+                                   (1e7, "1M<n<10M"), (float("inf"), "n>1T")) if total < limit)
+    card = DatasetCardData(
+        language=languages, license=license, pretty_name=pretty_name,
+        task_categories=["text-classification"], task_ids=[TASK_IDS[task.name]] if task.name in TASK_IDS else None,
+        size_categories=[size], tags=["hfaug", "synthetic", "llm-generated", "cross-lingual", "data-selection"],
+        # the first selected subset is what load_dataset(repo) gives without a config name
+        configs=[{"config_name": name,
+                  **({"default": True} if i == 0 and name not in (CANDIDATES_CONFIG, SOURCE_CONFIG) else {}),
+                  "data_files": [{"split": split, "path": f"data/{name}/{split}-*.parquet"}
+                                 for split in files[name]]}
+                 for i, name in enumerate(configs)],
+    )
+    infos = DatasetInfosDict()
+    for name, splits in configs.items():
+        first = next(iter(splits.values()))
+        split_dict = datasets.SplitDict()
+        for split, ds in splits.items():
+            split_dict.add(datasets.SplitInfo(name=split, num_bytes=ds.data.nbytes, num_examples=len(ds)))
+        infos[name] = datasets.DatasetInfo(features=first.features, splits=split_dict, config_name=name,
+                                           dataset_size=sum(ds.data.nbytes for ds in splits.values()))
+    infos.to_dataset_card_data(card)
+    return card.to_yaml()
+
+
+def _label_counts(ds: "datasets.Dataset", task: "Task") -> dict[str, int]:
+    counts = Counter(ds[schema.LABEL]) if len(ds) else Counter()
+    return {name: counts.get(i, 0) for i, name in enumerate(task.labels)}
+
+
+def _section(ctx: StageContext, name: str, stages: tuple[str, ...] = ()) -> dict:
+    """A stage's resolved config, secrets blanked: from the manifest of the run that made the
+    data (what was really used), else from the recipe."""
+    from .config import to_dict
+
+    for stage in stages or (name,):
+        manifest = ctx.run.manifest(stage)
+        if manifest and isinstance(manifest.get("config"), dict):
+            return redact(manifest["config"], _secrets())
+    config = ctx.recipe.sections.get(name)
+    return redact(to_dict(config), _secrets()) if config is not None else {}
+
+
+def _pick(data: dict, *keys: str) -> Any:
+    for key in keys:
+        if data.get(key) not in (None, "", [], {}):
+            return data[key]
+    return None
+
+
+SELECTION_KEYS = {"strategies", "budgets", "shortfall", "n_clusters", "embedder", "kmeans", "dynamics_class",
+                  "languages", "dedup", "strategy", "budget"}
+SAMPLING_KEYS = ("backend", "temperature", "premise_temperature", "top_p", "top_k", "min_p", "typical_p",
+                 "max_new_tokens", "premise_max_new_tokens", "min_new_tokens", "no_repeat_ngram_size",
+                 "repetition_penalty", "presence_penalty", "frequency_penalty", "do_sample", "n_per_class",
+                 "n_premises", "seed", "stop")
+
+
+def provenance(ctx: StageContext, configs: dict[str, dict[str, "datasets.Dataset"]]) -> dict[str, Any]:
+    """Who made the data: generator and its sampling, MT model, teacher, selection (for the card)."""
+    secrets = _secrets()
+    gen_config = _section(ctx, "generate")
+    gen_model = _pick(gen_config, "model", "model_id", "model_name", "generator")
+    sampling = {}
+    # the other task's knobs (NLI premises for sentiment, per-class counts for NLI) are noise here
+    skip = ("n_per_class",) if ctx.task.is_pair else ("premise_temperature", "premise_max_new_tokens", "n_premises")
+    for key in (k for k in SAMPLING_KEYS if k not in skip):
+        for where in (gen_config, gen_config.get("sampling") or {}, gen_config.get("params") or {}):
+            if isinstance(where, dict) and where.get(key) not in (None, "", [], {}):
+                sampling[key] = where[key]
+                break
+    candidates = configs.get(CANDIDATES_CONFIG, {}).get("train")
+    if candidates is not None and len(candidates):
+        if gen_model is None and schema.GEN_MODEL in candidates.column_names:
+            gen_model = ", ".join(sorted(set(candidates[schema.GEN_MODEL]))[:3])
+        if schema.GEN_PARAMS in candidates.column_names:
+            sampling.setdefault("gen_params", redact(candidates[0][schema.GEN_PARAMS], secrets))
+    translate = _section(ctx, "translate", ("translate", "translate-source"))
+    teacher = _section(ctx, "teacher")
+    label = _section(ctx, "label")
+    select = _section(ctx, "select")
+    return {
+        "generator": {"model": gen_model, "sampling": sampling},
+        "mt_model": _pick(translate, "model", "model_id", "mt_model"),
+        "teacher": _pick(teacher, "model", "base_model", "model_id") or _pick(label, "teacher", "model"),
+        "selection": {k: v for k, v in select.items() if v not in (None, "", [], {})
+                      and (k in SELECTION_KEYS or not SELECTION_KEYS & select.keys())},
+        "seed": ctx.seed,
+    }
+
+
+def dataset_card(configs: dict[str, dict[str, "datasets.Dataset"]], files: dict[str, dict[str, list[str]]],
+                 task: "Task", *, license: str, pretty_name: str, description: str = "",
+                 provenance: dict | None = None, figures: list[str] = (), repo_id: str | None = None,
+                 revision: str | None = None, local_path: str | None = None, recipe: bool = True) -> str:
+    """Render model_cards/dataset_card.md for these configs (rows per config, split and label)."""
+    from . import __version__
+    from .cards import render
+
+    langs = set()
+    for splits in configs.values():
+        for ds in splits.values():
+            if schema.LANG in ds.column_names and len(ds):
+                langs.update(ds.unique(schema.LANG))
+    languages = sorted({_hub_lang(lang) for lang in langs} | {"en"})
+    rows = []
+    for name, splits in configs.items():
+        for split, ds in splits.items():
+            strategies = sorted(ds.unique(schema.STRATEGY)) if schema.STRATEGY in ds.column_names and len(ds) else []
+            row_langs = sorted(ds.unique(schema.LANG)) if schema.LANG in ds.column_names and len(ds) else []
+            rows.append({"config": name, "split": split, "rows": len(ds), "labels": _label_counts(ds, task),
+                         "strategy": ", ".join(strategies), "languages": ", ".join(row_langs)})
+    where = repo_id or local_path or "."
+    load_lines = []
+    for name in configs:
+        args = [repr(where), repr(name)]
+        if repo_id and revision:
+            args.append(f"revision={revision!r}")
+        load_lines.append(f"load_dataset({', '.join(args)})")
+    return render(
+        "dataset_card.md",
+        metadata=card_metadata(configs, files, task, languages, license, pretty_name).strip(),
+        pretty_name=pretty_name, description=description, task=task.name, task_description=task.description,
+        labels=list(task.labels), languages=languages, rows=rows, configs=list(configs),
+        provenance=provenance or {"generator": {"model": None, "sampling": {}}, "mt_model": None,
+                                  "teacher": None, "selection": {}, "seed": None},
+        figures=list(figures), license=license, repo_id=repo_id, revision=revision, load_lines=load_lines,
+        recipe_file=RECIPE_FILE if recipe else None, script_file=SCRIPT_FILE, hfaug_version=__version__,
+    )
+
+
+def _hub_lang(code: str) -> str:
+    """FLORES-style codes (hin_Deva) to the ISO 639 part the Hub's language field takes."""
+    return code.split("_")[0].split("-")[0].lower()
+
+
+def reproduce_script() -> str:
+    """The text of scripts/reproduce.py (uploaded with each dataset)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / SCRIPT_FILE
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    # installed from a wheel without scripts/: a script that defers to the installed CLI
+    return ('"""Rerun the recipe of this dataset: python reproduce.py REPO --revision TAG"""\n'
+            "import subprocess, sys\n"
+            "sys.exit(subprocess.call(['hfaug', 'reproduce', *sys.argv[1:]]))\n")
+
+
+def build_layout(ctx: StageContext, folder: Path, *, repo_id: str | None, tag: str | None) -> dict:
+    """Write the complete repo into ``folder``; returns {config: {split: rows}}."""
+    config: PublishConfig = ctx.config
+    configs = collect(ctx)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = write_data(configs, folder)
+    figures = []
+    select_dir = ctx.run.stage_dir("select") / "figures"
+    if select_dir.is_dir():
+        for png in sorted(select_dir.glob("*.png")):
+            (folder / "figures").mkdir(exist_ok=True)
+            shutil.copy2(png, folder / "figures" / png.name)
+            figures.append(f"figures/{png.name}")
+    # the data maps lead; the histograms follow
+    figures.sort(key=lambda f: (0 if "datamap" in f or "data_map" in f else 1, f))
+    (folder / RECIPE_FILE).write_text(recipe_yaml(ctx), encoding="utf-8")
+    (folder / SCRIPT_FILE).write_text(reproduce_script(), encoding="utf-8")
+    pretty = config.pretty_name or f"hfaug {ctx.recipe.run.name} ({ctx.task.name})"
+    local_path = str(config.local_dir or ctx.run.stage_dir(ctx.stage) / LAYOUT_DIR)
+    card = dataset_card(configs, files, ctx.task, license=config.license, pretty_name=pretty,
+                        description=ctx.recipe.run.description, provenance=provenance(ctx, configs),
+                        figures=figures, repo_id=repo_id, revision=tag, local_path=None if repo_id else local_path)
+    (folder / "README.md").write_text(card, encoding="utf-8")
+    return {name: {split: len(ds) for split, ds in splits.items()} for name, splits in configs.items()}
+
+
+def recipe_yaml(ctx: StageContext) -> str:
+    """The resolved recipe as uploaded: secret-looking keys blanked, the token nowhere."""
+    import yaml
+
+    data = redact(ctx.recipe.raw, _secrets())
+    data.pop("output_dir", None)  # a path of this machine; reproduce chooses its own folder
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# pushing
+
+
+def _transient(error: BaseException) -> bool:
+    import requests
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(error.response, "status_code", None)
+        return status is None or status >= 500 or status == 429
+    return isinstance(error, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError))
+
+
+def _status(error: BaseException) -> int | None:
+    return getattr(getattr(error, "response", None), "status_code", None)
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return redact(text[:200], _secrets())
+
+
+def with_retries(fn: Callable[[], Any], what: str, retries: int, wait: float) -> Any:
+    """Call ``fn``, retrying server errors (5xx, 429) and lost connections with doubling waits."""
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - filtered by _transient
+            if not _transient(e) or attempt == retries:
+                raise
+            delay = wait * 2 ** attempt
+            logger.warning("%s failed (%s); retry %d/%d in %.1fs", what, _short(e), attempt + 1, retries, delay)
+            time.sleep(delay)
+
+
+def next_tag(existing) -> str:
+    """``v<N+1>`` for the highest ``v<N>`` among the existing tags (``v1`` for none)."""
+    numbers = [int(m.group(1)) for t in existing if (m := re.fullmatch(r"v(\d+)", t))]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+class Publisher:
+    """One Hub repo: pick the version tag, push a local folder as one commit, tag it."""
+
+    def __init__(self, repo_id: str, repo_type: str, *, token: str, private: bool = False, retries: int = 3,
+                 retry_wait: float = 2.0):
+        from huggingface_hub import HfApi, constants
+
+        from . import __version__
+
+        if constants.HF_HUB_OFFLINE:
+            raise HfaugError(f"publish: HF_HUB_OFFLINE is set, so {repo_id} cannot be reached; unset it to push, "
+                             "or remove publish.repo_id to write the local folder only")
+        self.repo_id, self.repo_type = repo_id, repo_type
+        self.private, self.retries, self.retry_wait = private, retries, retry_wait
+        self.api = HfApi(endpoint=hub_endpoint(), token=token, library_name="hfaug", library_version=__version__)
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return with_retries(fn, f"{what} ({self.repo_id})", self.retries, self.retry_wait)
+        except HfaugError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one line for the user; nothing was tagged
+            attempts = f" after {self.retries + 1} attempts" if _transient(e) and self.retries else ""
+            raise HfaugError(f"publish: {what} on {hub_endpoint()} for {self.repo_id} failed{attempts}: "
+                             f"{_short(e)}; no tag was created and earlier versions are unchanged") from e
+
+    def prepare(self, tag: str | None) -> str:
+        """Create the repo if needed and return the tag this publish will get (never an existing one)."""
+        self._call("create repo", lambda: self.api.create_repo(self.repo_id, repo_type=self.repo_type,
+                                                               private=self.private, exist_ok=True))
+        refs = self._call("list refs", lambda: self.api.list_repo_refs(self.repo_id, repo_type=self.repo_type))
+        tags = {t.name: t.target_commit for t in refs.tags}
+        if tag is None:
+            return next_tag(tags)
+        if tag in tags:
+            raise HfaugError(f"publish: tag '{tag}' already exists on {self.repo_id} (commit {tags[tag][:8]}); "
+                             "tags are never moved: choose a new publish.tag, or leave it empty for the next vN")
+        return tag
+
+    def push(self, folder: Path, tag: str, message: str) -> str:
+        """One commit replacing the repo's files with ``folder``'s, then the tag; returns the commit sha."""
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        local = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        remote = self._call("list files", lambda: self.api.list_repo_files(self.repo_id, repo_type=self.repo_type))
+        stale = [p for p in remote if p not in set(local) and p != ".gitattributes"]
+
+        def commit():
+            # fresh operations on each attempt: an operation object is single-use
+            ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in local]
+            ops += [CommitOperationDelete(path_in_repo=p) for p in stale]
+            return self.api.create_commit(self.repo_id, ops, commit_message=message, repo_type=self.repo_type)
+
+        info = self._call("commit", commit)
+        sha = info.oid
+
+        def create_tag():
+            from huggingface_hub.errors import HfHubHTTPError
+
+            try:
+                self.api.create_tag(self.repo_id, tag=tag, revision=sha, tag_message=message, repo_type=self.repo_type)
+            except HfHubHTTPError as e:
+                if _status(e) != 409:
+                    raise
+                # a retry after a lost response finds its own tag; anything else is a race we lost
+                refs = self.api.list_repo_refs(self.repo_id, repo_type=self.repo_type)
+                if {t.name: t.target_commit for t in refs.tags}.get(tag) != sha:
+                    raise HfaugError(f"publish: tag '{tag}' was created on {self.repo_id} by someone else "
+                                     "meanwhile; tags are never moved: publish again for the next version") from None
+
+        self._call("create tag", create_tag)
+        return sha
+
+
+def _write_local(folder: Path, target: Path) -> None:
+    """Mirror ``folder`` into ``target`` (replacing what was there) through a temp copy and rename."""
+    target = target.resolve()
+    if target == folder.resolve():
+        return
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(folder, tmp)
+    if target.exists():
+        if not (target / "README.md").exists() and any(target.iterdir()):
+            shutil.rmtree(tmp)
+            raise HfaugError(f"publish.local_dir {target} exists and is not an hfaug layout; choose an empty folder")
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, target)
+
+
+def run(ctx: StageContext) -> StageResult:
+    """The ``publish`` stage: build the layout, then push it as one tagged commit when possible."""
+    config: PublishConfig = ctx.config
+    token = hub_token()
+    push = config.repo_id is not None and config.local_dir is None and token is not None
+    if config.repo_id and config.local_dir is not None:
+        logger.info("publish: local_dir is set, so %s is not pushed", config.repo_id)
+    elif config.repo_id and token is None:
+        logger.warning("publish: no Hub token (set HF_TOKEN or run `huggingface-cli login`); "
+                       "writing the local folder only, %s is not pushed", config.repo_id)
+    publisher = tag = None
+    if push:
+        publisher = Publisher(config.repo_id, "dataset", token=token, private=config.private,
+                              retries=config.retries, retry_wait=config.retry_wait)
+        tag = publisher.prepare(config.tag)
+    folder = ctx.out_dir / LAYOUT_DIR
+    counts = build_layout(ctx, folder, repo_id=config.repo_id if push else None, tag=tag)
+    if config.local_dir is not None:
+        _write_local(folder, Path(config.local_dir))
+    metrics: dict[str, Any] = {"configs": {n: sum(s.values()) for n, s in counts.items()}}
+    where = str(Path(config.local_dir) if config.local_dir else ctx.run.stage_dir(ctx.stage) / LAYOUT_DIR)
+    hints = []
+    if publisher is not None:
+        sha = publisher.push(folder, tag, config.commit_message or f"hfaug publish {tag}")
+        metrics.update({"repo_id": config.repo_id, "tag": tag, "commit": sha, "endpoint": hub_endpoint()})
+        first = next(iter(counts))
+        hints.append(f"load_dataset({config.repo_id!r}, {first!r}, revision={tag!r})")
+        logger.info("publish: %s@%s (%s) with %d configs", config.repo_id, tag, sha[:8], len(counts))
+    else:
+        first = next(iter(counts))
+        hints.append(f"load_dataset({where!r}, {first!r})")
+    metrics["local_dir"] = where
+    return StageResult(rows_in=sum(sum(s.values()) for s in counts.values()), metrics=metrics,
+                       extra={"next": hints})
+
+
+# ---------------------------------------------------------------------------------------------
+# students as model repos
+
+
+def students(ctx: StageContext) -> dict[str, dict[str, Path]]:
+    """{name: {"model": folder, "onnx": folder or absent}} from distill's students/ and export's onnx/."""
+    found: dict[str, dict[str, Path]] = {}
+    root = ctx.run.stage_dir("distill") / "students"
+    if ctx.run.manifest("distill") is not None and root.is_dir():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()):
+            found[folder.name] = {"model": folder}
+    if ctx.run.manifest("export") is not None:
+        # fp32 exports in onnx/<name>/, int8 ones in int8/<name>/ (both optional)
+        for kind in ("onnx", "int8"):
+            root_dir = ctx.run.stage_dir("export") / kind
+            if not root_dir.is_dir():
+                continue
+            for folder in sorted(p for p in root_dir.iterdir() if p.is_dir() and any(p.glob("*.onnx"))):
+                if folder.name in found:
+                    found[folder.name][kind] = folder
+    return found
+
+
+def model_card_context(ctx: StageContext, name: str, *, repo_id: str | None, revision: str | None,
+                       onnx: bool) -> dict[str, Any]:
+    """What model_cards/model_card.md needs, from the run (used when a student has no README.md)."""
+    import json
+
+    distill = _section(ctx, "distill")
+    publish: PublishConfig = ctx.config
+    folder = ctx.run.stage_dir("distill") / "students" / name
+    saved = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    test = saved.get("test") if isinstance(saved.get("test"), dict) else {}
+    published = (ctx.run.manifest("publish") or {}).get("metrics") or {}
+    datasets_used = []
+    if published.get("repo_id"):
+        datasets_used.append({"name": f"{name} (synthetic, teacher soft labels)", "path": published["repo_id"],
+                              "revision": published.get("tag"), "description": f"config '{name}'"})
+    base = _pick(distill, "model", "base_model", "model_name_or_path") or "unknown"
+    subset = saved.get("subset") if isinstance(saved.get("subset"), dict) else {}
+    return {
+        "model_name": repo_id or name, "base_model": base,
+        "base_model_is_hub": (isinstance(base, str) and base.count("/") == 1
+                              and not base.startswith(("hfaug:", ".", "/"))),
+        "hub_datasets": [d["path"] for d in datasets_used],
+        "task": ctx.task.name, "labels": list(ctx.task.labels),
+        "languages": sorted({_hub_lang(lang) for lang in test} | {"en"}),
+        "datasets": datasets_used, "strategy": subset.get("strategy"), "budget": subset.get("budget_per_class"),
+        "test_metrics": test, "dev_accuracy": saved.get("dev_accuracy"), "metrics_note": saved.get("note"),
+        "training": {k: v for k, v in distill.items()
+                     if isinstance(v, (int, float, str, bool)) and v not in ("", None)},
+        "seed": ctx.seed, "description": ctx.recipe.run.description,
+        "license": publish.license, "onnx": onnx, "repo_id": repo_id, "revision": revision,
+    }
+
+
+def run_models(ctx: StageContext) -> StageResult:
+    """The ``publish-model`` stage: each student (plus its ONNX export under onnx/) as a model repo."""
+    from .cards import render
+
+    config: PublishConfig = ctx.config
+    found = students(ctx)
+    if not found:
+        if ctx.recipe.has("distill"):
+            raise HfaugError("publish-model: the distill stage left no students in its students/ folder; "
+                             "run distill first (or set publish.models: false)")
+        logger.info("publish-model: the recipe has no distill section, so there are no students to publish")
+        return StageResult(metrics={"students": {}},
+                           extra={"next": ["add a distill section to train and publish students"]})
+    token = hub_token()
+    push = config.repo_id is not None and config.local_dir is None and token is not None
+    if config.repo_id and token is None and config.local_dir is None:
+        logger.warning("publish-model: no Hub token; writing local folders only")
+    metrics: dict[str, Any] = {}
+    hints = []
+    for name, parts in found.items():
+        repo_id = config.model_repo.format(repo_id=config.repo_id or "", name=name) if config.repo_id else None
+        if repo_id is not None and not REPO_ID_RE.match(repo_id):
+            raise HfaugError(f"publish.model_repo gives '{repo_id}' for student '{name}', not a 'user/name' repo id")
+        publisher = tag = None
+        if push:
+            publisher = Publisher(repo_id, "model", token=token, private=config.private,
+                                  retries=config.retries, retry_wait=config.retry_wait)
+            tag = publisher.prepare(config.tag)
+        folder = ctx.out_dir / LAYOUT_DIR / name
+        shutil.copytree(parts["model"], folder)
+        if "onnx" in parts:
+            shutil.copytree(parts["onnx"], folder / "onnx")
+        if "int8" in parts:  # Optimum's naming: onnx/model_quantized.onnx beside onnx/model.onnx
+            (folder / "onnx").mkdir(exist_ok=True)
+            for item in parts["int8"].glob("*.onnx"):
+                shutil.copy2(item, folder / "onnx" / f"{item.stem}_quantized.onnx")
+        if not (folder / "README.md").exists():
+            context = model_card_context(ctx, name, repo_id=repo_id, revision=tag,
+                                         onnx="onnx" in parts or "int8" in parts)
+            (folder / "README.md").write_text(render("model_card.md", **context), encoding="utf-8")
+        entry: dict[str, Any] = {"local_dir": str(ctx.run.stage_dir(ctx.stage) / LAYOUT_DIR / name),
+                                 "onnx": "onnx" in parts, "int8": "int8" in parts}
+        if config.local_dir is not None:
+            target = Path(config.local_dir).with_name(f"{Path(config.local_dir).name}-{name}")
+            _write_local(folder, target)
+            entry["local_dir"] = str(target)
+        if publisher is not None:
+            sha = publisher.push(folder, tag, config.commit_message or f"hfaug publish {tag}")
+            entry.update({"repo_id": repo_id, "tag": tag, "commit": sha})
+            hints.append(f"AutoModelForSequenceClassification.from_pretrained({repo_id!r}, revision={tag!r})")
+        else:
+            hints.append(f"AutoModelForSequenceClassification.from_pretrained({entry['local_dir']!r})")
+        metrics[name] = entry
+    return StageResult(metrics={"students": metrics}, extra={"next": hints})
+
+
+# ---------------------------------------------------------------------------------------------
+# reproduction
+
+
+def reproduce(repo: str, revision: str = "main", output_dir: str | Path | None = None):
+    """Download a published dataset's recipe.yaml (repo id or local layout) and rerun it in a clean folder.
+
+    The publish section is dropped, so a reproduction never pushes; the run's outputs are in
+    ``<output_dir>/<name>/``. Returns the :class:`~hfaug.runs.Run`.
+    """
+    import yaml
+
+    from .config import load_recipe
+    from .pipeline import run_pipeline
+
+    if Path(repo).is_dir():
+        path = Path(repo) / RECIPE_FILE
+        if not path.is_file():
+            raise HfaugError(f"reproduce: {repo} has no {RECIPE_FILE}; is it a folder written by hfaug publish?")
+    else:
+        path = Path(_download_recipe(repo, revision))
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise HfaugError(f"reproduce: {RECIPE_FILE} of {repo}@{revision} is not a recipe mapping")
+    data.pop("publish", None)  # reproduce the data; never push it again
+    safe = re.sub(r"[^\w.\-]+", "-", f"{repo}-{revision}").strip("-")
+    out = Path(output_dir) if output_dir else Path("reproduce") / safe
+    if out.exists() and any(out.iterdir()):
+        raise HfaugError(f"reproduce: {out} is not empty; give a clean --output-dir")
+    data["output_dir"] = str(out)
+    recipe = load_recipe(data)
+    logger.info("reproduce: rerunning %s@%s in %s", repo, revision, out)
+    return run_pipeline(recipe, root=out / recipe.run.name)
+
+
+def _download_recipe(repo_id: str, revision: str) -> str:
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        raise HfaugError(f"reproduce: HF_HUB_OFFLINE is set, so {repo_id} cannot be downloaded; unset it, "
+                         "or pass the local folder of the dataset")
+    api = HfApi(endpoint=hub_endpoint(), token=hub_token())
+    try:
+        return api.hf_hub_download(repo_id, RECIPE_FILE, repo_type="dataset", revision=revision)
+    except RevisionNotFoundError:
+        raise HfaugError(f"reproduce: {repo_id} has no revision '{revision}'") from None
+    except EntryNotFoundError:
+        raise HfaugError(f"reproduce: {repo_id}@{revision} has no {RECIPE_FILE}; was it published by hfaug?") from None
+    except RepositoryNotFoundError:
+        raise HfaugError(f"reproduce: dataset repo {repo_id} not found on {hub_endpoint()} "
+                         "(or it is private: set HF_TOKEN)") from None

@@ -1,0 +1,566 @@
+"""Publish: versioned Hub dataset and model repos, driven through the real huggingface_hub and
+datasets clients against the Hub-compatible server in tests/hub_server.py."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hub_server import HubServer, validate_card
+
+from hfaug import cli, pipeline
+from hfaug.config import load_recipe
+from hfaug.errors import HfaugError
+from hfaug.runs import Run, StageResult, execute
+
+TOKEN = "hf_testTOKENs3cr3tValue0123456789"
+REPO = "tester/hfaug-demo"
+PLANTED = "sk-planted-secret-42"
+
+
+@dataclass
+class FakeGenerate:
+    model: str = "tiny/chat-lm"
+    backend: str = "transformers"
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 48
+    api_key: str = PLANTED  # a secret slipped into a config: must never be published
+
+
+@dataclass
+class FakeTranslate:
+    model: str = "tiny/nllb-mt"
+    languages: tuple = ("hi", "mr")
+
+
+@dataclass
+class FakeSelect:
+    strategies: tuple = ("div-k", "all")
+    budgets: tuple = (4,)
+    n_clusters: int = 2
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A Hub on 127.0.0.1, with the clients pointed at it (their import-time constants patched)."""
+    import datasets
+    import huggingface_hub.constants as hf_constants
+    import huggingface_hub.file_download
+
+    server = HubServer().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", server.url)
+    template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(huggingface_hub.file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)  # imported by name
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", server.url)
+    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", server.url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+    monkeypatch.setattr(datasets.config, "USE_PARQUET_EXPORT", False)  # no datasets-server here
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """No token anywhere (conftest already sets HF_HUB_OFFLINE=1)."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+
+
+def tiny_png() -> bytes:
+    """A valid 1x1 PNG, enough to stand for the select stage's data map."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00\x80")) + chunk(b"IEND", b""))
+
+
+def recipe_dict(tmp_path: Path, **publish) -> dict:
+    return {
+        "name": "pub", "task": "sentiment", "seed": 7, "output_dir": str(tmp_path / "runs"),
+        "description": "publish test run",
+        "source": {"path": "hfaug://data/demo/sentiment_en.jsonl"},
+        "publish": {"retry_wait": 0.01, **publish},
+    }
+
+
+def rows(version: str, lang: str, n: int, strategy: str | None = None, origin: str = "synthetic") -> dict:
+    """Contract columns for n rows whose ids say which version and language they belong to."""
+    out = {"id": [f"{version}-{lang}-{strategy or origin}-{i}" for i in range(n)],
+           "task": ["sentiment"] * n,
+           "text": [f"{version} text {i} in {lang}" for i in range(n)],
+           "lang": [lang] * n, "origin": [origin] * n,
+           "label": [i % 3 for i in range(n)],
+           "soft_label": [[0.8 if j == i % 3 else 0.1 for j in range(3)] for i in range(n)],
+           "confidence": [0.8] * n}
+    if strategy:
+        out.update({"source_id": [f"{version}-en-{i}" for i in range(n)], "strategy": [strategy] * n,
+                    "rank": list(range(n))})
+    return out
+
+
+def write_inputs(run: Run, version: str, sizes: dict[str, int]) -> None:
+    """Fake generate/label/translate-source/select outputs for one version of the data."""
+    import datasets
+
+    def stage(name, config, data: dict, figures: bool = False):
+        def fn(ctx):
+            if figures:
+                (ctx.out_dir / "figures").mkdir()
+                (ctx.out_dir / "figures" / "datamap-hi.png").write_bytes(tiny_png())
+                (ctx.out_dir / "figures" / "labels-hi.png").write_bytes(tiny_png())
+            return StageResult(datasets={k: datasets.Dataset.from_dict(v) for k, v in data.items()})
+        execute(run, name, fn, config, [], force=True)
+
+    en = rows(version, "en", sizes["en"])
+    en["gen_model"] = ["tiny/chat-lm"] * sizes["en"]
+    en["gen_params"] = [json.dumps({"temperature": 1.0, "top_p": 0.95})] * sizes["en"]
+    stage("generate", FakeGenerate(), {"data": rows(version, "en", sizes["en"])})
+    stage("label", None, {"data": en})
+    train_mr = rows(version, "mr", sizes["src"], origin="source")
+    del train_mr["lang"]  # publish adds it from the dataset name
+    stage("translate-source", FakeTranslate(), {
+        "train-hi": rows(version, "hi", sizes["src"], origin="source"),
+        "dev-hi": rows(version, "hi", 2, origin="source-dev"),
+        "train-mr": train_mr,
+    })
+    stage("select", FakeSelect(), {
+        "hi-divk-4": rows(version, "hi", sizes["divk"], "div-k"),
+        "hi-all": rows(version, "hi", sizes["all"], "all"),
+    }, figures=True)
+
+
+V1 = {"en": 9, "src": 6, "divk": 4, "all": 7}
+V2 = {"en": 11, "src": 5, "divk": 3, "all": 8}
+
+
+def expected(version: str, sizes: dict) -> dict[str, dict[str, set[str]]]:
+    def ids(lang, n, tag):
+        return {f"{version}-{lang}-{tag}-{i}" for i in range(n)}
+    return {
+        "hi-divk-4": {"train": ids("hi", sizes["divk"], "div-k")},
+        "hi-all": {"train": ids("hi", sizes["all"], "all")},
+        "en-candidates": {"train": ids("en", sizes["en"], "synthetic")},
+        "source-translated": {"train": ids("hi", sizes["src"], "source") | ids("mr", sizes["src"], "source"),
+                              "validation": ids("hi", 2, "source-dev")},
+    }
+
+
+def publish(tmp_path, version: str, sizes: dict, **publish_cfg) -> tuple[Run, dict]:
+    recipe = load_recipe(recipe_dict(tmp_path, **publish_cfg))
+    run = Run(recipe)
+    write_inputs(run, version, sizes)
+    manifest, _ = pipeline.run_stage(run, "publish", force=True)
+    return run, manifest
+
+
+def load_all(repo: str, revision: str | None, cache: Path) -> dict[str, dict[str, set[str]]]:
+    import datasets
+
+    out = {}
+    for config in ("hi-divk-4", "hi-all", "en-candidates", "source-translated"):
+        kwargs = {"revision": revision} if revision else {}
+        loaded = datasets.load_dataset(repo, config, cache_dir=str(cache), **kwargs)
+        out[config] = {split: set(ds["id"]) for split, ds in loaded.items()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# versions
+
+
+def test_two_versions_each_load_their_own_rows(hub, tmp_path):
+    import datasets
+
+    _, m1 = publish(tmp_path, "v1", V1, repo_id=REPO)
+    assert m1["metrics"]["tag"] == "v1" and m1["metrics"]["repo_id"] == REPO
+    _, m2 = publish(tmp_path, "v2", V2, repo_id=REPO)
+    assert m2["metrics"]["tag"] == "v2" and m2["metrics"]["commit"] != m1["metrics"]["commit"]
+
+    repo = hub.repo(REPO)
+    assert repo.tags == {"v1": m1["metrics"]["commit"], "v2": m2["metrics"]["commit"]}
+    assert repo.branches["main"] == m2["metrics"]["commit"]
+    cache = tmp_path / "ds-cache"
+    assert load_all(REPO, "v1", cache) == expected("v1", V1)
+    assert load_all(REPO, "v2", cache) == expected("v2", V2)
+    assert load_all(REPO, None, cache) == expected("v2", V2)  # main is v2
+    # a commit sha loads its own files too
+    assert load_all(REPO, m1["metrics"]["commit"], cache)["hi-all"] == expected("v1", V1)["hi-all"]
+
+    loaded = datasets.load_dataset(REPO, "hi-divk-4", revision="v1", cache_dir=str(cache))["train"]
+    assert loaded.features["label"] == datasets.ClassLabel(names=["negative", "neutral", "positive"])
+    assert loaded.features["soft_label"].feature == datasets.Value("float32")
+    files = hub.files(REPO, "v1")
+    assert {"README.md", "recipe.yaml", "reproduce.py", "figures/datamap-hi.png"} <= set(files)
+    assert "data/hi-divk-4/train-00000-of-00001.parquet" in files
+    # every version is exactly one commit on top of the previous one
+    assert repo.commits[m2["metrics"]["commit"]].parent == m1["metrics"]["commit"]
+
+
+def test_a_dropped_config_disappears_from_the_next_version(hub, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    publish(tmp_path, "v1", V1, repo_id=REPO, private=True)
+    publish(tmp_path, "v2", V2, repo_id=REPO, configs=["hi-all"])
+    assert any(p.startswith("data/hi-divk-4/") for p in hub.files(REPO, "v1"))
+    assert not any(p.startswith("data/hi-divk-4/") for p in hub.files(REPO, "v2"))
+    assert hub.repo(REPO).private
+    assert HfApi(endpoint=hub.url).dataset_info(REPO, revision="v2").sha == hub.repo(REPO).tags["v2"]
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(RepositoryNotFoundError):  # private: invisible without the token
+        HfApi(endpoint=hub.url, token=False).dataset_info(REPO)
+
+
+def test_existing_tag_exits_2_and_changes_nothing(hub, tmp_path, capsys):
+    import yaml
+
+    publish(tmp_path, "v1", V1, repo_id=REPO)
+    before = hub.snapshot(REPO)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe_dict(tmp_path, repo_id=REPO)))
+    capsys.readouterr()
+    code = cli.main(["publish", "--config", str(path), "--tag", "v1", "--force"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "tag 'v1' already exists" in err and "never moved" in err
+    assert hub.snapshot(REPO) == before
+    # an explicit new tag works
+    assert cli.main(["publish", "--config", str(path), "--tag", "release-1", "--force"]) == 0
+    assert set(hub.repo(REPO).tags) == {"v1", "release-1"}
+
+
+def test_server_failure_is_retried(hub, tmp_path, caplog):
+    hub.fail("POST", r"/commit/", times=2)
+    _, manifest = publish(tmp_path, "v1", V1, repo_id=REPO)
+    assert manifest["metrics"]["tag"] == "v1"
+    commits = [r for r in hub.state.requests if r[0] == "POST" and "/commit/" in r[1]]
+    assert [status for *_, status in commits] == [500, 500, 200]
+    assert "retry 1/3" in caplog.text
+
+
+def test_persistent_failure_creates_no_tag_and_keeps_v1(hub, tmp_path):
+    _, m1 = publish(tmp_path, "v1", V1, repo_id=REPO)
+    hub.fail("POST", r"/commit/", times=100)
+    with pytest.raises(HfaugError, match="no tag was created"):
+        publish(tmp_path, "v2", V2, repo_id=REPO, retries=2)
+    hub.clear_failures()
+    repo = hub.repo(REPO)
+    assert set(repo.tags) == {"v1"} and repo.branches["main"] == m1["metrics"]["commit"]
+    assert load_all(REPO, "v1", tmp_path / "ds-cache") == expected("v1", V1)
+    # a failed tag creation is retried as well
+    hub.fail("POST", r"/tag/", times=1)
+    _, m2 = publish(tmp_path, "v2", V2, repo_id=REPO)
+    assert hub.repo(REPO).tags["v2"] == m2["metrics"]["commit"]
+
+
+# ---------------------------------------------------------------------------------------------
+# card, recipe, secrets
+
+
+def test_card_has_the_run_counts_and_valid_metadata(hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    run, manifest = publish(tmp_path, "v1", V1, repo_id=REPO)
+    card = hub.files(REPO, "v1")["README.md"].decode()
+    assert card == (run.stage_dir("publish") / "hub-layout" / "README.md").read_text()
+    errors, _ = validate_card(card, "dataset")
+    assert errors == []
+    HfApi(endpoint=hub.url)._validate_yaml(card, repo_type="dataset")  # through the endpoint, too
+    # rows per config and label: hi-all has 7 rows, labels i % 3 -> 3 negative, 2 neutral, 2 positive
+    assert "| `hi-all` | train | 7 | 3 | 2 | 2 | all | hi |" in card
+    assert "| `source-translated` | train | 12 |" in card and "| `source-translated` | validation | 2 |" in card
+    assert "| `en-candidates` | train | 9 |" in card
+    for text in ("tiny/chat-lm", "generation `temperature` | `1.0`", "generation `top_p` | `0.95`",
+                 "tiny/nllb-mt", "selection `strategies`", "| seed | 7 |", "![datamap-hi](figures/datamap-hi.png)",
+                 f"load_dataset('{REPO}', 'hi-divk-4', revision='v1')", "fazili-etal-2024-boosting",
+                 "cc-by-4.0", "hfaug reproduce tester/hfaug-demo --revision v1"):
+        assert text in card, text
+    assert card.index("datamap-hi.png") < card.index("labels-hi.png")  # the data map leads
+    assert PLANTED not in card
+    import yaml
+
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["language"] == ["en", "hi", "mr"] and meta["task_ids"] == ["sentiment-classification"]
+    assert [c["config_name"] for c in meta["configs"]] == ["hi-divk-4", "hi-all", "en-candidates", "source-translated"]
+    label_feature = next(f for f in meta["dataset_info"][0]["features"] if f["name"] == "label")
+    assert label_feature["dtype"]["class_label"]["names"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    soft = next(f for f in meta["dataset_info"][0]["features"] if f["name"] == "soft_label")
+    assert soft["list"] == "float32"
+
+
+def test_validate_yaml_rejects_bad_metadata(hub):
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url)
+    bad = "---\nlicense: not-a-license\nlanguage: [Hindi!]\nconfigs:\n- config_name: a\n- config_name: a\n---\n# x\n"
+    with pytest.raises(ValueError) as info:
+        api._validate_yaml(bad, repo_type="dataset")
+    message = str(info.value)
+    assert "license" in message and "language" in message and "duplicate" in message
+    with pytest.raises(ValueError, match="not valid YAML"):
+        api._validate_yaml("---\nlicense: [mit\n---\n", repo_type="dataset")
+
+
+def test_token_never_appears_in_outputs_logs_or_repo(hub, tmp_path, caplog, capsys):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    hub.fail("POST", r"/commit/", times=1)  # the retry path logs too
+    run, _ = publish(tmp_path, "v1", V1, repo_id=REPO)
+    assert cli.main(["reproduce", REPO, "--revision", "v1", "--output-dir", str(tmp_path / "repro")]) == 0
+    assert TOKEN in hub.state.tokens  # the token was really used, from HF_TOKEN
+    captured = capsys.readouterr()
+    texts = {"log": caplog.text, "stdout": captured.out, "stderr": captured.err}
+    for root in (run.root, tmp_path / "repro"):
+        for path in root.rglob("*"):
+            if path.is_file():
+                texts[str(path)] = path.read_bytes().decode("utf-8", "replace")
+    for path, data in hub.files(REPO, "v1").items():
+        texts[f"hub:{path}"] = data.decode("utf-8", "replace")
+    leaks = [where for where, text in texts.items() if TOKEN in text]
+    assert leaks == []
+    assert "manifest.json" in " ".join(texts) and "hub:recipe.yaml" in texts and "hub:README.md" in texts
+    assert PLANTED not in texts["hub:README.md"]
+
+
+def test_uploaded_recipe_has_no_secrets(tmp_path, offline):
+    import yaml
+
+    data = recipe_dict(tmp_path)
+    data["source"]["api_key"] = "should-not-matter"  # not a SourceConfig key: rejected before anything
+    with pytest.raises(HfaugError, match="unknown key"):
+        load_recipe(data)
+    from hfaug.publish import redact
+
+    assert redact({"hf_token": "x", "generate": {"api_key": "k", "max_new_tokens": 5}, "t": "a-SECRET-b"},
+                  ("SECRET",)) == {"hf_token": "<redacted>", "generate": {"api_key": "<redacted>", "max_new_tokens": 5},
+                                   "t": "a-<redacted>-b"}
+    run, _ = publish(tmp_path, "v1", V1)
+    uploaded = yaml.safe_load((run.stage_dir("publish") / "hub-layout" / "recipe.yaml").read_text())
+    assert uploaded["publish"]["retry_wait"] == 0.01 and uploaded["name"] == "pub"
+    assert "output_dir" not in uploaded  # a path of this machine
+
+
+# ---------------------------------------------------------------------------------------------
+# offline / local folder
+
+
+def test_local_only_without_token_loads_with_load_dataset(tmp_path, offline, caplog):
+    import datasets
+
+    run, manifest = publish(tmp_path, "v1", V1, repo_id=REPO)  # a repo id but no token: local only
+    assert "no Hub token" in caplog.text and "tag" not in manifest["metrics"]
+    layout = run.stage_dir("publish") / "hub-layout"
+    assert manifest["metrics"]["local_dir"] == str(layout)
+    want = expected("v1", V1)
+    for config, splits in want.items():
+        loaded = datasets.load_dataset(str(layout), config, cache_dir=str(tmp_path / "c"))
+        assert {s: set(ds["id"]) for s, ds in loaded.items()} == splits
+    assert "load_dataset(" in (layout / "README.md").read_text()
+    errors, _ = validate_card((layout / "README.md").read_text(), "dataset")
+    assert errors == []
+
+
+def test_cli_local_dir_flag(tmp_path, offline, capsys):
+    import datasets
+    import yaml
+
+    recipe = load_recipe(recipe_dict(tmp_path))
+    write_inputs(Run(recipe), "v1", V1)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe_dict(tmp_path)))
+    target = tmp_path / "out" / "my-dataset"
+    assert cli.main(["publish", "--config", str(path), "--local-dir", str(target)]) == 0
+    loaded = datasets.load_dataset(str(target), "hi-all", cache_dir=str(tmp_path / "c"))
+    assert set(loaded["train"]["id"]) == expected("v1", V1)["hi-all"]["train"]
+    assert "load_dataset(" in capsys.readouterr().out
+
+
+def test_bad_config_is_a_one_line_error(tmp_path, offline, capsys):
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe_dict(tmp_path, repo_id="no-namespace")))
+    capsys.readouterr()
+    assert cli.main(["publish", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "publish.repo_id" in err
+    path.write_text(yaml.safe_dump(recipe_dict(tmp_path)))
+    assert cli.main(["publish", "--config", str(path)]) == 2  # nothing has run: nothing to publish
+    assert "nothing to publish" in capsys.readouterr().err
+
+
+def test_next_tag():
+    from hfaug.publish import next_tag
+
+    assert next_tag([]) == "v1"
+    assert next_tag(["v1", "v2", "release", "v10"]) == "v11"
+
+
+# ---------------------------------------------------------------------------------------------
+# reproduction
+
+
+def test_reproduce_downloads_the_recipe_of_a_revision(hub, tmp_path):
+    import yaml
+
+    publish(tmp_path, "v1", V1, repo_id=REPO)
+    data = recipe_dict(tmp_path, repo_id=REPO)
+    data["description"] = "second version"
+    run = Run(load_recipe(data))
+    write_inputs(run, "v2", V2)
+    pipeline.run_stage(run, "publish", force=True)
+
+    out = tmp_path / "repro-v1"
+    assert cli.main(["reproduce", REPO, "--revision", "v1", "--output-dir", str(out)]) == 0
+    rerun = yaml.safe_load((out / "pub" / "recipe.yaml").read_text())
+    assert rerun["description"] == "publish test run" and "publish" not in rerun
+    assert json.loads((out / "pub" / "source" / "manifest.json").read_text())["rows_out"]["train"] > 0
+    # the uploaded script does the same, standalone
+    import runpy
+    import sys
+
+    script = tmp_path / "reproduce.py"
+    script.write_bytes(hub.files(REPO, "v2")["reproduce.py"])
+    module = runpy.run_path(str(script))
+    assert module["main"]([REPO, "--revision", "v2", "--output-dir", str(tmp_path / "repro-v2")]) == 0
+    assert yaml.safe_load((tmp_path / "repro-v2" / "pub" / "recipe.yaml").read_text())["description"] == "second version"
+    assert sys.modules.get("hfaug") is not None
+    # a clean folder is required, and a missing revision is a user error
+    assert cli.main(["reproduce", REPO, "--revision", "v1", "--output-dir", str(out)]) == 2
+    assert cli.main(["reproduce", REPO, "--revision", "v9", "--output-dir", str(tmp_path / "x")]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# students
+
+
+def write_students(run: Run, names: list[str], *, readme: bool, onnx: bool) -> None:
+    def distill(ctx):
+        for name in names:
+            folder = ctx.out_dir / "students" / name
+            folder.mkdir(parents=True)
+            (folder / "config.json").write_text(json.dumps({"model_type": "xlm-roberta", "name": name}))
+            (folder / "model.safetensors").write_bytes(b"\0weights of " + name.encode())
+            (folder / "metrics.json").write_text(json.dumps({
+                "dev_accuracy": 0.5, "test": {"hi": {"accuracy": 0.61, "macro_f1": 0.6, "n": 20}},
+                "subset": {"strategy": "div-k", "budget_per_class": 4}}))
+            if readme:
+                (folder / "README.md").write_text("---\nlicense: mit\n---\n# a student card from distill\n")
+        return StageResult()
+
+    def export(ctx):
+        for name in names:
+            for kind in ("onnx", "int8"):
+                (ctx.out_dir / kind / name).mkdir(parents=True)
+                (ctx.out_dir / kind / name / "model.onnx").write_bytes(b"\0onnx " + kind.encode())
+        return StageResult()
+
+    execute(run, "distill", distill, None, [], force=True)
+    if onnx:
+        execute(run, "export", export, None, [], force=True)
+
+
+def test_students_publish_as_versioned_model_repos(hub, tmp_path):
+    run, _ = publish(tmp_path, "v1", V1, repo_id=REPO)
+    write_students(run, ["hi-divk-4"], readme=False, onnx=True)
+    manifest, _ = pipeline.run_stage(run, "publish-model", force=True)
+    entry = manifest["metrics"]["students"]["hi-divk-4"]
+    model_repo = f"{REPO}-hi-divk-4"
+    assert entry["repo_id"] == model_repo and entry["tag"] == "v1" and entry["onnx"]
+    files = hub.files(model_repo, "v1", repo_type="model")
+    assert {"config.json", "model.safetensors", "README.md", "onnx/model.onnx", "onnx/model_quantized.onnx"} <= set(files)
+    card = files["README.md"].decode()
+    assert validate_card(card, "model")[0] == []
+    for text in (f'"{REPO}"', "0.6100", "div-k", f'model="{model_repo}", revision="v1"', 'subfolder="onnx"'):
+        assert text in card, text
+
+    write_students(run, ["hi-divk-4"], readme=True, onnx=False)
+    import shutil
+
+    shutil.rmtree(run.stage_dir("export"))  # this time there is no ONNX export: v2 drops onnx/
+    manifest, _ = pipeline.run_stage(run, "publish-model", force=True)
+    assert manifest["metrics"]["students"]["hi-divk-4"]["tag"] == "v2"
+    v2 = hub.files(model_repo, "v2", repo_type="model")
+    assert v2["README.md"].startswith(b"---\nlicense: mit") and "onnx/model.onnx" not in v2
+    assert "onnx/model.onnx" in hub.files(model_repo, "v1", repo_type="model")  # v1 intact
+
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(model_repo, "config.json", revision="v1", cache_dir=str(tmp_path / "mc"))
+    assert json.loads(Path(path).read_text())["name"] == "hi-divk-4"
+
+
+def test_model_card_renders_the_distill_context(tmp_path):
+    """The context the distill stage passes (hfaug.distill._card) renders a card the Hub accepts."""
+    from hfaug.cards import render
+
+    context = dict(
+        model_name="demo-hi-divk-4", base_model="FacebookAI/xlm-roberta-base", base_model_is_hub=True,
+        hub_datasets=[REPO], task="nli", labels=["entailment", "neutral", "contradiction"], languages=["en", "hi"],
+        datasets=[{"name": "source (gold)", "path": "data.jsonl", "revision": None, "description": "gold rows"},
+                  {"name": "hi-divk-4 (synthetic)", "path": REPO, "revision": "v1", "description": "select output"}],
+        subset={"name": "hi-divk-4"}, strategy="div-k", budget=4,
+        metrics={"dev_accuracy": 0.5}, dev_accuracy=0.5, test_metrics={"hi": {"accuracy": 0.7, "macro_f1": float("nan"), "n": 9}},
+        metrics_note=None, training={"num_train_epochs": 1, "learning_rate": 2e-5}, seed=42, description="",
+    )
+    card = render("model_card.md", **context)
+    assert validate_card(card, "model")[0] == []
+    import yaml
+
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["base_model"] == "FacebookAI/xlm-roberta-base" and meta["datasets"] == [REPO]
+    values = meta["model-index"][0]["results"][0]["metrics"]
+    assert [(m["type"], m["value"]) for m in values] == [("accuracy", 0.7)]  # NaN and counts left out
+    assert "| hi | 0.7000 |" in card and "classifier({\"text\": \"A premise.\"" in card
+
+
+def test_publish_model_without_students(tmp_path, offline):
+    run, _ = publish(tmp_path, "v1", V1)
+    manifest, _ = pipeline.run_stage(run, "publish-model", force=True)  # no distill section: nothing to do
+    assert manifest["metrics"] == {"students": {}}
+    data = recipe_dict(tmp_path, models=False)
+    assert [s.name for s in pipeline.planned(load_recipe(data))] == ["source", "publish"]
+
+
+def test_offline_mode_with_a_token_is_a_clear_error(tmp_path, offline, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with pytest.raises(HfaugError, match="HF_HUB_OFFLINE is set"):
+        publish(tmp_path, "v1", V1, repo_id=REPO)
+
+
+def test_server_also_speaks_datasets_push_to_hub(hub, tmp_path):
+    """Other stages' tests may push with datasets' own push_to_hub (several configs, one repo)."""
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, 0]})
+    ds.push_to_hub("tester/pushed", config_name="one")
+    ds.select([0]).push_to_hub("tester/pushed", config_name="two")
+    cache = str(tmp_path / "c")
+    assert datasets.load_dataset("tester/pushed", "one", cache_dir=cache)["train"]["text"] == ["a", "b", "c"]
+    assert datasets.load_dataset("tester/pushed", "two", cache_dir=cache)["train"]["text"] == ["a"]
