@@ -1,0 +1,760 @@
+"""Distill stage: train multilingual students on the source data plus each selected synthetic subset.
+
+A student is a fresh pretrained encoder (never the teacher). Its training rows are the gold source
+rows (``is_gold=1``, cross-entropy on their label) and the selected synthetic rows (``is_gold=0``,
+KL divergence from the teacher's soft label), shuffled together. The best epoch by dev accuracy
+(source dev, or translated source dev) is kept.
+
+Input datasets: ``source`` ``train``/``dev`` (or ``translate-source`` ``train-<lang>``/``dev-<lang>``
+with ``train_on_translated_source``), and every ``select`` output named in ``subsets``.
+Input columns: gold rows: text (or premise + hypothesis), label; synthetic rows: text (or premise
++ hypothesis), soft_label (``label_mode: soft``/``hard``) or prompt_label (``label_mode: prompt``).
+
+Output folder (no dataset)::
+
+    students/<subset>/    model + tokenizer (id2label = the task's labels), README.md (model card),
+                          metrics.json (dev accuracy, per-language test metrics, training details)
+
+Pieces usable on their own: :func:`distill_loss` (the pure loss), :class:`SoftLabelTrainer`
+(a ``transformers.Trainer`` overriding only ``compute_loss``), :class:`DistillConfig` (a
+``transformers.TrainingArguments`` subclass, so every Trainer option works, including
+``accelerate launch`` and DeepSpeed), :func:`mix` (gold + synthetic rows) and :func:`distill`.
+
+``DistillConfig`` and ``SoftLabelTrainer`` subclass transformers classes; they are built on first
+access (PEP 562 module ``__getattr__``) so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from . import schema
+from .errors import HfaugError, did_you_mean
+from .runs import StageContext, StageResult, stable_hash, write_json_atomic
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+
+    from .tasks import Task
+
+logger = logging.getLogger(__name__)
+
+LOSS_FORMS = ("paper", "standard")
+LABEL_MODES = ("soft", "hard", "prompt")
+IS_GOLD = "is_gold"  # training-only column: 1 for a source (gold) row, 0 for a synthetic row
+STUDENTS = "students"
+METRICS_JSON = "metrics.json"
+DEFAULT_OUTPUT_DIR = "distill_output"
+_DONE = "done.json"
+_SUBSET_NAME = re.compile(r"^(?P<lang>[A-Za-z_]+)-(?P<strategy>[a-z_]+?)(?:-(?P<budget>\d+))?$")
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss (pure)
+
+
+def distill_loss(
+    logits: "torch.Tensor",
+    labels: "torch.Tensor",
+    soft_labels: "torch.Tensor | None" = None,
+    is_gold: "torch.Tensor | None" = None,
+    *,
+    temperature: float = 1.5,
+    loss_form: str = "paper",
+    label_mode: str = "soft",
+    gold_weight: float = 1.0,
+    synthetic_weight: float = 1.0,
+    num_items: "int | torch.Tensor | None" = None,
+) -> "torch.Tensor":
+    """The student's loss on one batch of gold and synthetic rows.
+
+    With z the student logits, y the label, q the teacher's soft label, T the temperature and N
+    the batch size (or ``num_items``: the rows of the whole accumulated/distributed batch)::
+
+        gold row:                 CE_i = -log softmax(z_i)[y_i]
+        synthetic, paper form:    KL_i = KL(q_i || softmax(z_i / T))
+        synthetic, standard form: KL_i = T^2 * KL(q_i^T || softmax(z_i / T)),  q_i^T = softmax(log q_i / T)
+        synthetic, hard/prompt:   CE_i = -log softmax(z_i)[y_i]  (``labels`` holds the hard label)
+
+        loss = (gold_weight * sum_gold CE_i + synthetic_weight * sum_synthetic KL_i) / N
+
+    The paper form (PAPER.md, Teacher and student) puts T on the student only and divides the sums
+    by the batch size; the standard form (Hinton et al.) tempers both sides and scales the KL by
+    T^2 so its gradients keep their size, and its batchmean is also over the N rows of the batch.
+    In the hard-label modes the loss form does not matter: every row takes plain cross-entropy.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if loss_form not in LOSS_FORMS:
+        raise ValueError(f"loss_form must be one of {list(LOSS_FORMS)}, got {loss_form!r}")
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode must be one of {list(LABEL_MODES)}, got {label_mode!r}")
+    logits = logits.float()  # bf16/fp16 logits: the log-softmax and KL in float32
+    n = logits.shape[0]
+    gold = torch.ones(n, dtype=torch.bool, device=logits.device) if is_gold is None else is_gold.to(logits.device).bool()
+    synthetic = ~gold
+    # cross-entropy of every row on `labels`: used by the gold rows, and by the synthetic rows in
+    # the hard-label modes. Masking by multiplication (not indexing) avoids a device sync.
+    ce = F.cross_entropy(logits, labels.to(logits.device).long(), reduction="none")
+    total = gold_weight * (ce * gold).sum()
+    if label_mode == "soft" and soft_labels is None:
+        if is_gold is not None:
+            raise ValueError("label_mode 'soft' needs soft_labels for the synthetic rows")
+        # no flags and no soft labels: an all-gold batch (e.g. a dev set), plain cross-entropy
+    elif label_mode == "soft":
+        q = soft_labels.to(logits.device).float()
+        # gold rows carry no teacher distribution: give them a harmless uniform one, masked below
+        q = torch.where(synthetic[:, None], q, torch.full_like(q, 1.0 / q.shape[-1]))
+        log_student = F.log_softmax(logits / temperature, dim=-1)
+        if loss_form == "standard":
+            q = F.softmax(torch.log(q) / temperature, dim=-1)
+        kl = F.kl_div(log_student, q, reduction="none").sum(-1)  # q log q - q log p; 0 log 0 = 0
+        if loss_form == "standard":
+            kl = kl * temperature**2
+        total = total + synthetic_weight * (kl * synthetic).sum()
+    else:
+        total = total + synthetic_weight * (ce * synthetic).sum()
+    denominator = num_items if num_items is not None else n
+    if torch.is_tensor(denominator):
+        denominator = denominator.to(logits.device)
+    return total / denominator
+
+
+# ---------------------------------------------------------------------------------------------
+# config and trainer (built lazily: they subclass transformers classes)
+
+
+def _build_distill_config():
+    from transformers import TrainingArguments
+
+    @dataclass
+    class DistillConfig(TrainingArguments):
+        """How students are distilled: the student model, the loss, and every TrainingArguments option.
+
+        Defaults follow the paper (PAPER.md, Teacher and student): 15 epochs, lr 5e-6, AdamW
+        (eps 1e-8, no weight decay), linear decay without warm-up, gradient clipping 1.0, best
+        epoch by dev accuracy, T = 1.5 on the student only."""
+
+        model: str = field(default="FacebookAI/xlm-roberta-large", metadata={
+            "help": "Student base encoder (Hub id, local folder or hfaug://tiny/encoder); a fresh "
+                    "pretrained encoder, never the teacher."})
+        model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the student base."})
+        temperature: float = field(default=1.5, metadata={"help": "Softmax temperature T of the distillation term."})
+        loss_form: Literal["paper", "standard"] = field(default="paper", metadata={
+            "help": "'paper': T on the student only, sums over the batch divided by its size; "
+                    "'standard': T on both sides, KL scaled by T^2 (batchmean)."})
+        label_mode: Literal["soft", "hard", "prompt"] = field(default="soft", metadata={
+            "help": "Synthetic rows' target: 'soft' the teacher's probabilities (KL), 'hard' the teacher's "
+                    "argmax (cross-entropy), 'prompt' the label the generation prompt asked for."})
+        gold_weight: float = field(default=1.0, metadata={"help": "Weight of the gold rows' cross-entropy."})
+        synthetic_weight: float = field(default=1.0, metadata={"help": "Weight of the synthetic rows' term."})
+        max_length: int = field(default=128, metadata={"help": "Max tokens per row."})
+        subsets: list[str] | None = field(default=None, metadata={
+            "help": "Select outputs to train a student on each (e.g. [hi-divk-2500, hi-all]); null: all."})
+        train_on_translated_source: list[str] = field(default_factory=list, metadata={
+            "help": "Languages whose translated source (translate-source train-<lang>/dev-<lang>) is the gold "
+                    "data instead of the English source; empty: the English source."})
+        trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+        # TrainingArguments defaults changed to the paper's and to the stage's needs
+        output_dir: str | None = field(default=DEFAULT_OUTPUT_DIR, metadata={
+            "help": "Trainer checkpoints (the distill stage uses its cache folder instead)."})
+        num_train_epochs: float = field(default=15.0, metadata={"help": "Training epochs (paper: 15)."})
+        learning_rate: float = field(default=5e-6, metadata={"help": "Peak AdamW learning rate (paper: 5e-6)."})
+        per_device_train_batch_size: int = field(default=32, metadata={"help": "Rows per device per step."})
+        per_device_eval_batch_size: int = field(default=64, metadata={"help": "Rows per device per evaluation step."})
+        eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on dev: 'epoch', 'steps', 'no'."})
+        save_strategy: str = field(default="epoch", metadata={
+            "help": "When to save a checkpoint (must match eval_strategy for best-checkpoint selection)."})
+        logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})
+        load_best_model_at_end: bool = field(default=True, metadata={"help": "Keep the best checkpoint by dev accuracy."})
+        metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "Dev metric selecting the best checkpoint."})
+        save_total_limit: int | None = field(default=1, metadata={
+            "help": "Checkpoints kept on disk (the best is always kept)."})
+        save_only_model: bool = field(default=True, metadata={
+            "help": "Checkpoints hold weights only (no optimizer state): small, but a killed student restarts."})
+        report_to: str | list[str] | None = field(default="none", metadata={
+            "help": "Experiment trackers (tensorboard, wandb, ...); 'none' for none."})
+        remove_unused_columns: bool = field(default=False, metadata={
+            "help": "Must stay false: the loss reads the soft_labels and is_gold columns."})
+        seed: int | None = field(default=None, metadata={
+            "help": "Seed of the head's initialisation, the mixing and the data order (default: the run's seed)."})
+
+        def __post_init__(self):
+            if self.temperature <= 0:
+                raise ValueError(f"distill.temperature must be positive, got {self.temperature}")
+            if self.loss_form not in LOSS_FORMS:
+                raise ValueError(f"distill.loss_form must be one of {list(LOSS_FORMS)}, got {self.loss_form!r}")
+            if self.label_mode not in LABEL_MODES:
+                raise ValueError(f"distill.label_mode must be one of {list(LABEL_MODES)}, got {self.label_mode!r}")
+            if self.gold_weight < 0 or self.synthetic_weight < 0 or self.gold_weight + self.synthetic_weight == 0:
+                raise ValueError("distill.gold_weight and synthetic_weight must be >= 0 and not both 0")
+            if self.max_length < 8:
+                raise ValueError(f"distill.max_length must be at least 8, got {self.max_length}")
+            if self.remove_unused_columns:
+                raise ValueError("distill.remove_unused_columns must stay false: the loss needs the soft_labels "
+                                 "and is_gold columns")
+            if self.hub_token or getattr(self, "push_to_hub_token", None):
+                raise ValueError("distill.hub_token must not be in a recipe: log in with `hf auth login` or set HF_TOKEN")
+            # TrainingArguments would put a timestamp and host name into logging_dir, which would
+            # change the config's hash on every load (and so rerun an unchanged stage)
+            if self.logging_dir is None and self.output_dir is not None:
+                self.logging_dir = os.path.join(self.output_dir, "logs")
+            super().__post_init__()
+
+    DistillConfig.__module__ = __name__
+    DistillConfig.__qualname__ = "DistillConfig"
+    return DistillConfig
+
+
+def _build_soft_label_trainer():
+    from transformers import Trainer
+
+    class SoftLabelTrainer(Trainer):
+        """A ``transformers.Trainer`` whose loss is :func:`distill_loss`; nothing else changes.
+
+        Batches carry ``labels`` (gold label, or the hard label of a synthetic row),
+        ``soft_labels`` (teacher probabilities) and ``is_gold``; a batch without the last two is
+        all gold (plain cross-entropy). The loss settings are read from ``args`` (a
+        :class:`DistillConfig`; plain TrainingArguments get the paper's defaults).
+        """
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = dict(inputs)  # prediction_step reads the labels from the original dict afterwards
+            labels = inputs.pop("labels")
+            soft_labels = inputs.pop("soft_labels", None)
+            is_gold = inputs.pop(IS_GOLD, None)
+            outputs = model(**inputs)
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            # with loss kwargs the Trainer does not divide by the accumulation steps: the sum is then
+            # divided by the rows of the whole accumulated (and gathered) batch instead
+            counted = num_items_in_batch is not None and self.model_accepts_loss_kwargs
+            args = self.args
+            loss = distill_loss(
+                logits, labels, soft_labels, is_gold,
+                temperature=getattr(args, "temperature", 1.5),
+                loss_form=getattr(args, "loss_form", "paper"),
+                label_mode=getattr(args, "label_mode", "soft"),
+                gold_weight=getattr(args, "gold_weight", 1.0),
+                synthetic_weight=getattr(args, "synthetic_weight", 1.0),
+                num_items=num_items_in_batch if counted else None,
+            )
+            if counted and args.average_tokens_across_devices:
+                loss = loss * (self.accelerator.num_processes if args.n_gpu <= 1 else args.n_gpu)
+            return (loss, outputs) if return_outputs else loss
+
+    SoftLabelTrainer.__module__ = __name__
+    SoftLabelTrainer.__qualname__ = "SoftLabelTrainer"
+    return SoftLabelTrainer
+
+
+_LAZY = {"DistillConfig": _build_distill_config, "SoftLabelTrainer": _build_soft_label_trainer}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = _LAZY[name]()
+        globals()[name] = value  # built once; later lookups find it directly
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def _label_ids(dataset: "datasets.Dataset", column: str, task: "Task", where: str) -> list[int]:
+    """A label column as task label ids (ClassLabel in any name order, names, or ids)."""
+    import datasets
+
+    feature = dataset.features[column]
+    values = list(dataset[column])
+    if any(v is None for v in values):
+        raise HfaugError(f"{where}: {values.count(None)} rows have no '{column}'; it is written by the "
+                         f"{schema.WRITTEN_BY.get(column, 'an earlier')} stage")
+    if isinstance(feature, datasets.ClassLabel):
+        names = list(feature.names)
+        if sorted(names) != sorted(task.labels):
+            raise HfaugError(f"{where}: '{column}' labels {names} do not match the {task.name} labels {list(task.labels)}")
+        return [task.label2id[names[v]] for v in values]
+    if all(isinstance(v, str) for v in values):
+        return [task.label_id(v, where) for v in values]
+    bad = sorted({v for v in values if not isinstance(v, int) or not 0 <= v < task.num_labels}, key=str)
+    if bad:
+        raise HfaugError(f"{where}: '{column}' values {bad} are not ids of the {task.name} labels {list(task.labels)}")
+    return values
+
+
+def _soft_labels(dataset: "datasets.Dataset", task: "Task", where: str) -> list[list[float]]:
+    """Teacher probabilities, checked: one per label, non-negative, summing to 1."""
+    import numpy as np
+
+    values = list(dataset[schema.SOFT_LABEL])
+    missing = sum(1 for v in values if v is None)
+    if missing:
+        raise HfaugError(f"{where}: {missing} synthetic rows have no soft_label; soft labels are written by the "
+                         "label stage (run `hfaug label`)")
+    array = np.asarray(values, dtype=np.float64) if values else np.zeros((0, task.num_labels))
+    if array.ndim != 2 or array.shape[1] != task.num_labels:
+        raise HfaugError(f"{where}: soft_label vectors must have {task.num_labels} values ({list(task.labels)}), "
+                         f"got shape {array.shape}; they are written by the label stage")
+    if len(array) and ((array < 0).any() or np.abs(array.sum(1) - 1.0).max() > 1e-3):
+        raise HfaugError(f"{where}: soft_label rows must be probabilities (non-negative, sum 1); "
+                         "they are written by the label stage")
+    return (array / array.sum(1, keepdims=True)).astype(np.float32).tolist() if len(array) else []
+
+
+def mix(gold: "datasets.Dataset", synthetic: "datasets.Dataset | None", task: "Task", *,
+        label_mode: str = "soft", seed: int = 42) -> "datasets.Dataset":
+    """Gold and synthetic rows in one shuffled training set.
+
+    Output columns: the task's text column(s), ``label`` (int: the gold label; for a synthetic row
+    the teacher's argmax, or the prompt's label with ``label_mode: prompt``), ``soft_label``
+    (teacher probabilities; a gold row's one-hot label), ``is_gold`` (1 gold, 0 synthetic), ``lang``.
+    """
+    import datasets
+    import numpy as np
+
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode must be one of {list(LABEL_MODES)}, got {label_mode!r}")
+    schema.require_columns(gold, [*task.text_columns, schema.LABEL], "distill (gold rows)")
+    gold_labels = _label_ids(gold, schema.LABEL, task, "distill gold rows")
+    eye = np.eye(task.num_labels, dtype=np.float32)
+    columns: dict[str, list] = {c: list(gold[c]) for c in task.text_columns}
+    columns[schema.LABEL] = gold_labels
+    columns[schema.SOFT_LABEL] = eye[gold_labels].tolist() if gold_labels else []
+    columns[IS_GOLD] = [1] * len(gold)
+    columns[schema.LANG] = list(gold[schema.LANG]) if schema.LANG in gold.column_names else ["en"] * len(gold)
+    if synthetic is not None and len(synthetic):
+        needed = [*task.text_columns, schema.SOFT_LABEL]
+        if label_mode == "prompt":
+            needed = [*task.text_columns, schema.PROMPT_LABEL]
+        schema.require_columns(synthetic, needed, "distill (synthetic rows)")
+        if label_mode == "prompt":
+            soft = None
+            hard = _label_ids(synthetic, schema.PROMPT_LABEL, task, "distill synthetic rows")
+        else:
+            soft = _soft_labels(synthetic, task, "distill synthetic rows")
+            hard = np.asarray(soft).argmax(1).tolist()
+        for c in task.text_columns:
+            columns[c] += list(synthetic[c])
+        columns[schema.LABEL] += hard
+        columns[schema.SOFT_LABEL] += soft if soft is not None else eye[hard].tolist()
+        columns[IS_GOLD] += [0] * len(synthetic)
+        columns[schema.LANG] += (list(synthetic[schema.LANG]) if schema.LANG in synthetic.column_names
+                                 else ["unknown"] * len(synthetic))
+    features = datasets.Features({
+        **{c: datasets.Value("string") for c in task.text_columns},
+        schema.LABEL: datasets.Value("int64"),
+        schema.SOFT_LABEL: datasets.Sequence(datasets.Value("float32")),
+        IS_GOLD: datasets.Value("int8"),
+        schema.LANG: datasets.Value("string"),
+    })
+    return datasets.Dataset.from_dict(columns, features=features).shuffle(seed=seed).flatten_indices()
+
+
+def _drop_empty(dataset: "datasets.Dataset", task: "Task") -> tuple["datasets.Dataset", int]:
+    keep = [i for i, row in enumerate(zip(*(dataset[c] for c in task.text_columns)))
+            if all(isinstance(t, str) and t.strip() for t in row)]
+    if len(keep) == len(dataset):
+        return dataset, 0
+    return dataset.select(keep), len(dataset) - len(keep)
+
+
+def encode(dataset: "datasets.Dataset", tokenizer, task: "Task", max_length: int) -> "datasets.Dataset":
+    """Tokenized training rows: input_ids, attention_mask, labels, soft_labels, is_gold."""
+    import datasets
+
+    cols = [list(dataset[c]) for c in task.text_columns]
+    enc = tokenizer(*cols, truncation=True, max_length=max_length)
+    data = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+            "labels": list(dataset[schema.LABEL])}
+    if schema.SOFT_LABEL in dataset.column_names:
+        data["soft_labels"] = list(dataset[schema.SOFT_LABEL])
+    data[IS_GOLD] = list(dataset[IS_GOLD]) if IS_GOLD in dataset.column_names else [1] * len(dataset)
+    return datasets.Dataset.from_dict(data)
+
+
+class Collator:
+    """Pads input_ids/attention_mask to the batch's longest row; stacks every other column."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = int(pad_token_id)
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        length = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        ids = torch.full((len(features), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(features), length), dtype=torch.long)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[i, :n] = torch.as_tensor(f["input_ids"])
+            mask[i, :n] = 1
+        batch = {"input_ids": ids, "attention_mask": mask}
+        for key in features[0]:
+            if key in batch or key == "token_type_ids":
+                continue
+            dtype = torch.float32 if key in ("soft_labels", IS_GOLD) else torch.long
+            batch[key] = torch.tensor([f[key] for f in features], dtype=dtype)
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class DistillOutput:
+    """A trained student and what its training measured."""
+
+    model: Any
+    tokenizer: Any
+    metrics: dict[str, Any]
+    log_history: list[dict] = field(default_factory=list)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        return path
+
+
+def load_student(config, task: "Task"):
+    """(model, tokenizer): the pretrained base with a fresh head named with the task's labels."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .config import resolve
+
+    path = resolve(config.model)
+    kwargs = {"revision": config.model_revision} if config.model_revision else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=task.num_labels, id2label=task.id2label, label2id=task.label2id,
+            ignore_mismatched_sizes=True, trust_remote_code=config.trust_remote_code, **kwargs)
+    except OSError as e:
+        raise HfaugError(f"distill.model: cannot load '{config.model}': {str(e).splitlines()[0]}") from None
+    size = getattr(model.get_input_embeddings(), "num_embeddings", None)
+    if size is not None and len(tokenizer) > size:
+        raise HfaugError(f"distill.model '{config.model}': the tokenizer has {len(tokenizer)} tokens but the model "
+                         f"only {size} embeddings")
+    return model, tokenizer
+
+
+def _accuracy(eval_pred) -> dict[str, float]:
+    import numpy as np
+
+    logits, labels = eval_pred
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def distill(gold: "datasets.Dataset", synthetic: "datasets.Dataset | None", config, task: "Task", *,
+            dev: "datasets.Dataset | None" = None, seed: int = 42, callbacks: list | None = None) -> DistillOutput:
+    """Train a student on ``gold`` rows plus ``synthetic`` rows; keep the best epoch on ``dev``.
+
+    ``config`` is a :class:`DistillConfig` (its ``output_dir`` holds the checkpoints; its ``seed``,
+    when set, wins over ``seed``). Without dev rows the last epoch is kept. Rows with empty text are
+    skipped (counted in ``metrics["dropped"]``).
+    """
+    import dataclasses
+
+    config_cls = globals().get("DistillConfig") or __getattr__("DistillConfig")
+    trainer_cls = globals().get("SoftLabelTrainer") or __getattr__("SoftLabelTrainer")
+    if not isinstance(config, config_cls):
+        raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
+    seed = config.seed if config.seed is not None else seed
+    dropped: Counter = Counter()
+    gold, n = _drop_empty(gold, task)
+    dropped["gold.empty_text"] += n
+    if synthetic is not None:
+        synthetic, n = _drop_empty(synthetic, task)
+        dropped["synthetic.empty_text"] += n
+    train_rows = mix(gold, synthetic, task, label_mode=config.label_mode, seed=seed)
+    if len(train_rows) == 0:
+        raise HfaugError("distill: no training rows (the gold and synthetic data are empty)")
+    dev_rows = None
+    if dev is not None and len(dev):
+        dev, n = _drop_empty(dev, task)
+        dropped["dev.empty_text"] += n
+        dev_rows = mix(dev, None, task, seed=seed) if len(dev) else None
+
+    model, tokenizer = load_student(config, task)
+    train_ds = encode(train_rows, tokenizer, task, config.max_length)
+    dev_ds = encode(dev_rows, tokenizer, task, config.max_length) if dev_rows is not None else None
+    overrides: dict[str, Any] = {"seed": seed}
+    if dev_ds is None:
+        logger.warning("distill: no dev rows; training runs to the end and keeps the last epoch")
+        overrides.update(eval_strategy="no", load_best_model_at_end=False, save_strategy="no")
+    args = dataclasses.replace(config, **overrides)
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
+        data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
+        compute_metrics=_accuracy if dev_ds is not None else None, callbacks=callbacks,
+    )
+    resume = None
+    if not args.save_only_model and args.output_dir and Path(args.output_dir).is_dir():
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(args.output_dir)  # a killed run with full checkpoints goes on
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    evals = [e for e in trainer.state.log_history if "eval_accuracy" in e]
+    best = max(evals, key=lambda e: e["eval_accuracy"]) if evals else None
+    n_synthetic = int(sum(1 for g in train_ds[IS_GOLD] if not g))
+    metrics = {
+        "dev_accuracy": float(best["eval_accuracy"]) if best else None,
+        "best_epoch": best.get("epoch") if best else None,
+        "best_step": best.get("step") if best else None,
+        "dev_accuracy_by_epoch": {str(round(e["epoch"], 3)): float(e["eval_accuracy"]) for e in evals},
+        "train_rows": len(train_ds),
+        "gold_rows": len(train_ds) - n_synthetic,
+        "synthetic_rows": n_synthetic,
+        "dev_rows": len(dev_ds) if dev_ds is not None else 0,
+        "train_loss": float(result.training_loss),
+        "train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
+        "seed": seed,
+        "dropped": {k: v for k, v in dropped.items() if v},
+    }
+    model = trainer.model
+    model.eval()
+    return DistillOutput(model=model, tokenizer=tokenizer, metrics=metrics, log_history=trainer.state.log_history)
+
+
+# ---------------------------------------------------------------------------------------------
+# stage
+
+
+def _gold_data(ctx: StageContext) -> tuple["datasets.Dataset", "datasets.Dataset", str]:
+    """(train, dev, description) of the gold rows: the source, or the translated source."""
+    import datasets
+
+    langs = list(ctx.config.train_on_translated_source)
+    if not langs:
+        return ctx.input("source", "train"), ctx.input("source", "dev"), "source"
+    if ctx.run.manifest("translate-source") is None:
+        raise HfaugError("distill.train_on_translated_source needs the translate-source stage; add a translate "
+                         "section with source: true and run it")
+    names = ctx.run.outputs("translate-source")
+    available = sorted({n.split("-", 1)[1] for n in names if n.startswith("train-")})
+    for lang in langs:
+        if lang not in available:
+            raise HfaugError(f"distill.train_on_translated_source: no translated source for '{lang}'"
+                             f"{did_you_mean(lang, available)}")
+    train = datasets.concatenate_datasets([ctx.input("translate-source", f"train-{lang}") for lang in langs])
+    devs = [ctx.input("translate-source", f"dev-{lang}") for lang in langs if f"dev-{lang}" in names]
+    dev = datasets.concatenate_datasets(devs) if devs else train.select([])
+    return train, dev, "translate-source " + ", ".join(langs)
+
+
+def _subset_info(name: str, data: "datasets.Dataset", task: "Task") -> dict[str, Any]:
+    """Language, strategy and budget of a select output (from its columns, else its name)."""
+    match = _SUBSET_NAME.match(name)
+    info: dict[str, Any] = {"name": name, "rows": len(data)}
+    langs = sorted(set(data[schema.LANG])) if schema.LANG in data.column_names else []
+    strategies = sorted(set(data[schema.STRATEGY])) if schema.STRATEGY in data.column_names else []
+    info["lang"] = ", ".join(langs) if langs else (match.group("lang") if match else None)
+    info["strategy"] = ", ".join(strategies) if strategies else (match.group("strategy") if match else None)
+    info["budget_per_class"] = int(match.group("budget")) if match and match.group("budget") else None
+    if schema.SOFT_LABEL in data.column_names and len(data):
+        import numpy as np
+
+        arg = np.asarray(list(data[schema.SOFT_LABEL])).argmax(1)
+        info["rows_per_class"] = {task.labels[i]: int((arg == i).sum()) for i in range(task.num_labels)}
+    return info
+
+
+def _published(ctx: StageContext) -> dict[str, Any]:
+    """Repo id and revision of the published dataset, when the publish stage ran."""
+    manifest = ctx.run.manifest("publish") or {}
+    found: dict[str, Any] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("repo_id", "repo", "tag", "revision", "commit", "url") and isinstance(value, str):
+                    found.setdefault(key, value)
+                else:
+                    walk(value)
+
+    walk({"extra": manifest.get("extra"), "metrics": manifest.get("metrics")})
+    return found
+
+
+def _test_sets(ctx: StageContext) -> list[tuple[str, Any]]:
+    """(key, DataSpec) of the evaluate section's test sets (key: the language, made unique as the
+    evaluate stage does); empty without the section."""
+    config = ctx.recipe.sections.get("evaluate")
+    sets = list(getattr(config, "test_sets", None) or []) if config is not None else []
+    langs = Counter(getattr(spec, "lang", "") for spec in sets)
+    return [(spec.lang if langs[spec.lang] == 1 else f"{spec.lang}:{spec.name or Path(spec.path).stem}", spec)
+            for spec in sets]
+
+
+def _load_test_sets(ctx: StageContext) -> dict[str, "datasets.Dataset"]:
+    from .loading import load_labelled
+
+    return {key: load_labelled(spec, ctx.task, seed=ctx.seed, where=f"evaluate.test_sets[{i}]")[0]
+            for i, (key, spec) in enumerate(_test_sets(ctx))}
+
+
+def _evaluate(ctx: StageContext, model_dir: Path, test_sets: dict[str, "datasets.Dataset"]) -> dict[str, dict]:
+    """Per-language test metrics ({"accuracy", "macro_f1", "n"}) of a saved student."""
+    from .inference import load_classifier, score
+
+    if not test_sets:
+        return {}
+    evaluate = ctx.recipe.sections["evaluate"]
+    classifier = load_classifier(model_dir, max_length=getattr(evaluate, "max_length", None) or ctx.config.max_length,
+                                 batch_size=getattr(evaluate, "batch_size", None) or ctx.config.per_device_eval_batch_size)
+    return {key: score(classifier, data, ctx.task) for key, data in test_sets.items()}
+
+
+def _training_parameters(config) -> dict[str, Any]:
+    keys = ("num_train_epochs", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+            "max_length", "temperature", "loss_form", "label_mode", "gold_weight", "synthetic_weight",
+            "weight_decay", "adam_epsilon", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "max_grad_norm",
+            "metric_for_best_model")
+    out = {}
+    for key in keys:
+        value = getattr(config, key)
+        out[key] = getattr(value, "value", value)
+    return out
+
+
+def _card(ctx: StageContext, subset: dict, metrics: dict, note: str | None, gold_desc: str) -> str:
+    from .cards import render
+
+    config = ctx.config
+    source = ctx.recipe.sections.get("source")
+    published = _published(ctx)
+    datasets_used = [{
+        "name": "source (gold)", "path": getattr(source, "path", None), "revision": getattr(source, "revision", None),
+        "description": gold_desc,
+    }]
+    datasets_used.append({
+        "name": f"{subset['name']} (synthetic, teacher soft labels)",
+        "path": published.get("repo_id") or published.get("repo") or f"{ctx.run.root}/select/{subset['name']}",
+        "revision": published.get("tag") or published.get("revision") or published.get("commit"),
+        "description": f"select output '{subset['name']}'",
+    })
+    base = config.model
+
+    def is_hub_id(ref) -> bool:
+        return isinstance(ref, str) and ref.count("/") == 1 and not ref.startswith(("hfaug:", ".", "/")) \
+            and not Path(ref).exists()
+
+    return render(
+        "model_card.md",
+        model_name=f"{ctx.recipe.run.name}-{subset['name']}",
+        base_model=base,
+        base_model_is_hub=is_hub_id(base),
+        hub_datasets=[d["path"] for d in datasets_used if is_hub_id(d["path"])],
+        task=ctx.task.name,
+        labels=list(ctx.task.labels),
+        languages=sorted({*(subset["lang"] or "").replace(" ", "").split(","), "en",
+                          *(k.split(":")[0] for k in metrics.get("test", {}))} - {""}),
+        datasets=datasets_used,
+        subset=subset,
+        strategy=subset.get("strategy"),
+        budget=subset.get("budget_per_class"),
+        metrics=metrics,
+        dev_accuracy=metrics.get("dev_accuracy"),
+        test_metrics=metrics.get("test", {}),
+        metrics_note=note,
+        training=_training_parameters(config),
+        seed=metrics.get("seed"),
+        description=ctx.recipe.run.description,
+    )
+
+
+def _subset_key(ctx: StageContext, name: str) -> str:
+    from .config import to_dict
+
+    config = {k: v for k, v in to_dict(ctx.config).items() if k not in ("output_dir", "logging_dir", "subsets")}
+    upstream = {s: (ctx.run.manifest(s) or {}).get("run_id") for s in ("source", "translate-source", "select")}
+    return stable_hash({"subset": name, "config": config, "task": ctx.task.name, "seed": ctx.seed,
+                        "inputs": upstream})
+
+
+def run(ctx: StageContext) -> StageResult:
+    config = ctx.config
+    task = ctx.task
+    gold_train, gold_dev, gold_desc = _gold_data(ctx)
+    ctx.input_dir("select")
+    available = ctx.run.outputs("select")
+    names = list(config.subsets) if config.subsets else available
+    for name in names:
+        if name not in available:
+            raise HfaugError(f"distill.subsets: the select stage wrote no subset '{name}'{did_you_mean(name, available)}")
+    if not names:
+        raise HfaugError("distill: the select stage wrote no subsets; check the select section")
+    subsets = {name: ctx.input("select", name) for name in names}
+    needed = [*task.text_columns, schema.PROMPT_LABEL if config.label_mode == "prompt" else schema.SOFT_LABEL]
+    for name, data in subsets.items():  # fail before any training, not after the first student
+        schema.require_columns(data, needed, f"distill (select subset '{name}')")
+        if config.label_mode != "prompt":
+            _soft_labels(data, task, f"distill (select subset '{name}')")
+
+    test_sets = _load_test_sets(ctx)  # read before training: a bad test set fails fast
+    seed = config.seed if config.seed is not None else ctx.seed
+    finished: dict[str, Path] = {}
+    metrics: dict[str, Any] = {}
+    dropped: Counter = Counter()
+    for name, synthetic in subsets.items():
+        work = ctx.cache_dir / name / _subset_key(ctx, name)
+        student_dir = work / "student"
+        if (work / _DONE).is_file():
+            logger.info("distill: student '%s' already trained (cache), reused", name)
+            student_metrics = json.loads((work / _DONE).read_text(encoding="utf-8"))
+        else:
+            import dataclasses
+
+            logger.info("distill: training student '%s' on %d gold + %d synthetic rows", name, len(gold_train),
+                        len(synthetic))
+            args = dataclasses.replace(config, output_dir=str(work / "checkpoints"), logging_dir=str(work / "logs"))
+            result = distill(gold_train, synthetic, args, task, dev=gold_dev, seed=seed)
+            if student_dir.is_dir():
+                shutil.rmtree(student_dir)
+            result.save(student_dir)
+            student_metrics = result.metrics
+            write_json_atomic(work / _DONE, student_metrics)
+            shutil.rmtree(work / "checkpoints", ignore_errors=True)  # the best is saved; free the disk
+        for key, value in student_metrics.get("dropped", {}).items():
+            dropped[f"{name}.{key}"] += value
+        test = _evaluate(ctx, student_dir, test_sets)
+        note = None if test else "no evaluate section in the recipe: dev metrics only"
+        student_metrics = {**student_metrics, "test": test}
+        if note:
+            student_metrics["note"] = note
+        info = _subset_info(name, synthetic, task)
+        student_metrics["subset"] = info
+        write_json_atomic(student_dir / METRICS_JSON, student_metrics)
+        (student_dir / "README.md").write_text(_card(ctx, info, student_metrics, note, gold_desc), encoding="utf-8")
+        finished[name] = student_dir
+        metrics[name] = {"dev_accuracy": student_metrics["dev_accuracy"], "best_epoch": student_metrics["best_epoch"],
+                         **({"test": {key: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+                                      for key, m in test.items()}} if test else {})}
+
+    # moved only once every student is trained, so a killed stage keeps them all in the cache
+    for name, student_dir in finished.items():
+        target = ctx.out_dir / STUDENTS / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(student_dir), str(target))
+        shutil.rmtree(student_dir.parent, ignore_errors=True)
+    hints = [f"students: {ctx.run.root / ctx.stage / STUDENTS}/<subset>/ (model, tokenizer, README.md, metrics.json)"]
+    return StageResult(dropped=dropped, rows_in=len(gold_train) + sum(len(d) for d in subsets.values()),
+                       metrics=metrics, extra={"next": hints, "students": sorted(finished)})

@@ -1,0 +1,175 @@
+"""Cleaning of raw generations, as the paper's authors did it (PAPER.md "Generation"), each rule
+switchable, plus exact and near-duplicate removal. Every dropped text gets a reason.
+
+The rules run in the authors' order: cut the chat scaffolding, keep the text inside quotes / after
+the last colon, drop a leading "Review", drop non-ASCII characters, collapse whitespace, drop
+enumerations like "2. ", normalise spacing around punctuation and repeated punctuation, strip
+leading non-letters, then drop texts of ``min_chars - 1`` characters or fewer (the paper: 17).
+ASCII stripping is for English generations only; it must never run on translated text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_TAGS = re.compile(r"</?s>|\[/?INST\]|<</?SYS>>|<\|[a-zA-Z_]+\|>|^\s*(?:assistant|user|system)\s*:?\s*$",
+                   re.IGNORECASE | re.MULTILINE)
+_PREAMBLE = re.compile(r"^\s*(?:sure|certainly|of course|okay|ok|here(?:'s| is| are)|i hope|note)\b",
+                       re.IGNORECASE)
+_QUOTED = re.compile(r'"([^"]+)"|\u201c([^\u201d]+)\u201d')
+_REVIEW = re.compile(r"^\s*review\s*(?:#?\d+)?\s*[:.\-]?\s*", re.IGNORECASE)
+_ENUM = re.compile(r"(?:^|(?<=\s))\(?\d{1,3}[.)]\s+")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
+_NO_SPACE_AFTER = re.compile(r"([,;:!?])(?=[A-Za-z])|(\.)(?=[A-Z])")
+_REPEATED_PUNCT = re.compile(r"([,.;:!?\-])\1+")
+_MIXED_PUNCT_RUN = re.compile(r"([!?])[!?.]+")
+_LEADING_NONLETTERS = re.compile(r"^[^A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass
+class CleanConfig:
+    """Cleaning of the English generations; each rule can be switched off in the recipe."""
+
+    strip_scaffolding: bool = field(default=True, metadata={
+        "help": "Cut chat tags ([INST], <|assistant|>, </s>) and preamble lines ('Sure! Here is ...')."})
+    inside_quotes: bool = field(default=True, metadata={
+        "help": "When the output quotes a text, keep the longest quoted text."})
+    after_last_colon: bool = field(default=True, metadata={
+        "help": "Keep the text after the last colon ('Here is a review: ...')."})
+    drop_review_prefix: bool = field(default=True, metadata={"help": "Drop a leading 'Review' / 'Review 2:'."})
+    ascii_only: bool = field(default=True, metadata={
+        "help": "Drop non-ASCII characters (English generations only; never on translated text)."})
+    collapse_whitespace: bool = field(default=True, metadata={"help": "Collapse runs of whitespace to one space."})
+    drop_enumerations: bool = field(default=True, metadata={"help": "Drop enumerations like '2. ' and '3) '."})
+    normalise_punctuation: bool = field(default=True, metadata={
+        "help": "No space before punctuation, one after; repeated punctuation ('!!!') to one."})
+    strip_leading_nonletters: bool = field(default=True, metadata={"help": "Strip everything before the first letter."})
+    min_chars: int = field(default=18, metadata={
+        "help": "Drop texts shorter than this many characters (the paper drops 17 or fewer)."})
+    max_chars: int | None = field(default=None, metadata={"help": "Drop texts longer than this (none by default)."})
+    min_words: int = field(default=0, metadata={"help": "Drop texts with fewer whitespace tokens (0: no limit)."})
+    dedupe: bool = field(default=True, metadata={"help": "Drop exact duplicates (after cleaning), keeping the first."})
+    near_duplicates: bool = field(default=True, metadata={
+        "help": "Drop near duplicates: MinHash over character 5-grams, then exact Jaccard check."})
+    near_duplicate_threshold: float = field(default=0.8, metadata={
+        "help": "Jaccard similarity of character 5-gram sets at or above which a text is a near duplicate."})
+
+    def __post_init__(self):
+        if self.min_chars < 0 or self.min_words < 0:
+            raise ValueError("generate.clean.min_chars and min_words must be >= 0")
+        if self.max_chars is not None and self.max_chars < self.min_chars:
+            raise ValueError(f"generate.clean.max_chars ({self.max_chars}) is below min_chars ({self.min_chars})")
+        if not 0.0 < self.near_duplicate_threshold <= 1.0:
+            raise ValueError(f"generate.clean.near_duplicate_threshold must be in (0, 1], got "
+                             f"{self.near_duplicate_threshold}")
+
+
+def clean_text(text: str, config: CleanConfig | None = None) -> tuple[str | None, str | None]:
+    """One raw generation -> (clean text, None) or (None, reason it was dropped)."""
+    c = config or CleanConfig()
+    # control characters are never text (sampling from a small or random model emits them)
+    t = _CONTROL.sub(" ", text or "")
+    if c.strip_scaffolding:
+        t = _TAGS.sub("\n", t)
+        lines = [line for line in t.splitlines() if line.strip()]
+        kept = [line for line in lines if not _PREAMBLE.match(line)]
+        # a preamble that carries the text after a colon ("Here is one: Great trip!") stays for
+        # the colon rule
+        t = "\n".join(kept if kept else lines)
+    if c.inside_quotes:
+        quoted = [a or b for a, b in _QUOTED.findall(t)]
+        quoted = [q for q in quoted if q.strip()]
+        if quoted:
+            t = max(quoted, key=len)
+    if c.after_last_colon and ":" in t:
+        tail = t.rsplit(":", 1)[1]
+        if tail.strip():
+            t = tail
+    if c.drop_review_prefix:
+        t = _REVIEW.sub("", t)
+    if c.ascii_only:
+        t = t.encode("ascii", "ignore").decode("ascii")
+    if c.collapse_whitespace:
+        t = " ".join(t.split())
+    if c.drop_enumerations:
+        t = _ENUM.sub("", t)
+    if c.normalise_punctuation:
+        t = _MIXED_PUNCT_RUN.sub(r"\1", t)
+        t = _REPEATED_PUNCT.sub(r"\1", t)
+        t = _SPACE_BEFORE_PUNCT.sub(r"\1", t)
+        t = _NO_SPACE_AFTER.sub(lambda m: (m.group(1) or m.group(2)) + " ", t)
+    if c.strip_leading_nonletters:
+        t = _LEADING_NONLETTERS.sub("", t)
+    t = t.strip()
+    if c.collapse_whitespace:
+        t = " ".join(t.split())
+    if not t:
+        return None, "empty"
+    if len(t) < c.min_chars:
+        return None, "too_short"
+    if c.max_chars is not None and len(t) > c.max_chars:
+        return None, "too_long"
+    if c.min_words and len(t.split()) < c.min_words:
+        return None, "too_few_words"
+    return t, None
+
+
+def _normalised(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split())
+
+
+def shingles(text: str, k: int = 5) -> set[str]:
+    t = _normalised(text)
+    if len(t) <= k:
+        return {t}
+    return {t[i:i + k] for i in range(len(t) - k + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def duplicates(texts: list[str], config: CleanConfig | None = None) -> dict[int, str]:
+    """Indices of texts to drop -> reason (``exact_duplicate`` / ``near_duplicate``); the first
+    of each group is kept. Exact means equal after lowercasing and dropping punctuation."""
+    import zlib
+
+    import numpy as np
+
+    c = config or CleanConfig()
+    drop: dict[int, str] = {}
+    if c.dedupe:
+        seen: set[str] = set()
+        for i, text in enumerate(texts):
+            key = _normalised(text)
+            if key in seen:
+                drop[i] = "exact_duplicate"
+            seen.add(key)
+    if not c.near_duplicates:
+        return drop
+    # MinHash LSH: 32 permutations in 16 bands of 2 rows finds pairs well below the threshold,
+    # and every candidate is confirmed by its exact Jaccard similarity
+    num_perm, rows = 32, 2
+    prime = np.uint64((1 << 31) - 1)
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, (1 << 31) - 1, num_perm, dtype=np.uint64)
+    b = rng.integers(0, (1 << 31) - 1, num_perm, dtype=np.uint64)
+    buckets: dict[tuple, list[int]] = {}
+    kept_shingles: dict[int, set[str]] = {}
+    for i, text in enumerate(texts):
+        if i in drop:
+            continue
+        sh = shingles(text)
+        h = np.fromiter((zlib.crc32(s.encode()) & 0x7FFFFFFF for s in sh), dtype=np.uint64, count=len(sh))
+        sig = ((a[:, None] * h[None, :] + b[:, None]) % prime).min(axis=1)
+        keys = [(band, sig[band * rows:(band + 1) * rows].tobytes()) for band in range(num_perm // rows)]
+        candidates = {j for key in keys for j in buckets.get(key, ())}
+        if any(jaccard(sh, kept_shingles[j]) >= c.near_duplicate_threshold for j in candidates):
+            drop[i] = "near_duplicate"
+            continue
+        kept_shingles[i] = sh
+        for key in keys:
+            buckets.setdefault(key, []).append(i)
+    return drop

@@ -1,0 +1,549 @@
+"""The generate stage against a TGI-protocol server on 127.0.0.1 (tests/tgi_server.py), the
+tiny in-process chat LM, and the cleaning rules."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tgi_server import TGIServer  # noqa: E402
+
+from hfaug import cli  # noqa: E402
+from hfaug.config import load_recipe  # noqa: E402
+from hfaug.errors import HfaugError  # noqa: E402
+from hfaug.generate import CleanConfig, GenerateConfig, generate  # noqa: E402
+from hfaug.generate.clean import clean_text, duplicates  # noqa: E402
+from hfaug.generate.prompts import domain_for, premise_requests, templates_for  # noqa: E402
+from hfaug.pipeline import run_stage  # noqa: E402
+from hfaug.runs import Run  # noqa: E402
+from hfaug.tasks import get_task  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = {"sentiment": "hfaug://data/demo/sentiment_en.jsonl", "nli": "hfaug://data/demo/nli_en.jsonl"}
+
+
+@pytest.fixture
+def tgi():
+    with TGIServer() as server:
+        yield server
+
+
+def recipe_dict(tmp_path, task: str, generate_section: dict) -> dict:
+    return {"name": "gen", "task": task, "seed": 7, "output_dir": str(tmp_path / "runs"),
+            "source": {"path": SOURCES[task]}, "generate": {"progress": False, **generate_section}}
+
+
+def make_run(tmp_path, task: str, generate_section: dict) -> Run:
+    run = Run(load_recipe(recipe_dict(tmp_path, task, generate_section)))
+    run_stage(run, "source")
+    return run
+
+
+def write_recipe(tmp_path, task: str, generate_section: dict) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe_dict(tmp_path, task, generate_section)))
+    assert cli.main(["-q", "source", "--config", str(path)]) == 0
+    return str(path)
+
+
+def cache_counts(run: Run) -> dict:
+    with sqlite3.connect(run.cache_dir("generate") / "requests.sqlite") as db:
+        return dict(db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end against the TGI-protocol server
+
+
+def test_offline_mode_is_on_and_local_endpoints_still_work(tgi, tmp_path):
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    run = make_run(tmp_path, "sentiment", {"backend": "tgi", "endpoints": [tgi.url], "n_per_class": 2})
+    manifest, _ = run_stage(run, "generate")
+    assert manifest["rows_out"]["data"] == 6
+
+
+def test_sentiment_end_to_end_cache_and_growing_n(tgi, tmp_path):
+    section = {"backend": "tgi", "endpoints": [tgi.url], "n_per_class": 10, "concurrency": 8}
+    run = make_run(tmp_path, "sentiment", section)
+    manifest, skipped = run_stage(run, "generate")
+    assert not skipped and tgi.stats()["requests"] == 30
+    data = run.load("generate")
+    task = get_task("sentiment")
+    assert data.column_names == ["id", "task", "text", "lang", "origin", "prompt_label", "gen_model", "gen_params"]
+    assert data.features["prompt_label"].names == list(task.labels)
+    assert len(data) == 30 and len(set(data["id"])) == 30
+    assert sorted(data["prompt_label"]) == sorted([0, 1, 2] * 10)
+    assert set(data["lang"]) == {"en"} and set(data["origin"]) == {"synthetic"}
+    assert set(data["gen_model"]) == {"hfaug/tgi-test"}  # from /info
+    params = [json.loads(p) for p in data["gen_params"]]
+    assert len({p["seed"] for p in params}) == 30 and {p["temperature"] for p in params} == {1.5}
+    # the server wraps some texts in scaffolding ("Review: ...", quotes): the clean text has none
+    raw = run.load("generate", "raw")
+    assert len(raw) == 30 and any(o.startswith(("Review:", "Sure!", '"')) for o in raw["output"])
+    assert not any(t.startswith(("Review", "Sure", '"')) for t in data["text"])
+    assert manifest["metrics"]["requests"]["sent"] == 30 and manifest["rows_in"] == 30
+
+    # forced rerun: everything comes from the cache
+    run_stage(run, "generate", force=True)
+    assert tgi.stats()["requests"] == 30
+    # a larger n sends only the new requests and keeps the old rows
+    run2 = Run(load_recipe(recipe_dict(tmp_path, "sentiment", {**section, "n_per_class": 15})))
+    run_stage(run2, "generate")
+    assert tgi.stats()["requests"] == 45
+    assert set(data["id"]) < set(run2.load("generate")["id"])
+
+
+def test_nli_premises_then_hypotheses_over_two_endpoints(tmp_path):
+    with TGIServer() as a, TGIServer() as b:
+        run = make_run(tmp_path, "nli", {"backend": "tgi", "endpoints": [a.url, b.url], "n_premises": 20,
+                                         "concurrency": 4})
+        manifest, _ = run_stage(run, "generate")
+        sa, sb = a.stats()["requests"], b.stats()["requests"]
+    assert sa + sb == 20 + 60 and sa > 10 and sb > 10  # both servers served
+    data = run.load("generate")
+    assert len(data) == 60 and len(set(data["id"])) == 60
+    assert "premise" in data.column_names and "hypothesis" in data.column_names and "text" not in data.column_names
+    by_premise = {}
+    for row in data:
+        by_premise.setdefault(row["premise"], []).append(row["prompt_label"])
+    assert len(by_premise) == 20 and all(sorted(v) == [0, 1, 2] for v in by_premise.values())
+    params = json.loads(data[0]["gen_params"])
+    assert params["premise_params"]["temperature"] == 1.7 and "premise_seed" in params
+    raw = run.load("generate", "raw")
+    assert sorted(set(raw["kind"])) == ["hypothesis", "premise"] and len(raw) == 80
+    assert manifest["metrics"]["requests"]["premises_kept"] == 20
+
+
+def test_openai_route_sentiment(tgi, tmp_path):
+    run = make_run(tmp_path, "sentiment", {"backend": "openai", "model": "served-model", "endpoints": [tgi.url],
+                                           "n_per_class": 3})
+    run_stage(run, "generate")
+    assert tgi.stats()["counts"] == {"/v1/chat/completions": 9}
+    assert len(run.load("generate")) == 9
+
+
+def test_resume_after_kill_sends_only_missing_requests(tgi, tmp_path):
+    tgi.configure(latency=0.05)
+    path = write_recipe(tmp_path, "sentiment", {"backend": "tgi", "endpoints": [tgi.url], "n_per_class": 40,
+                                                "concurrency": 4})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "hfaug", "-q", "generate", "--config", path], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while tgi.stats()["requests"] < 40 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the generation finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = tgi.stats()["requests"]
+    run = Run(load_recipe(path))
+    assert run.manifest("generate") is None  # the killed stage left no output
+    cached = cache_counts(run).get("ok", 0)
+    assert 0 < cached < 120
+
+    tgi.configure(latency=0.0)
+    assert cli.main(["-q", "generate", "--config", path]) == 0
+    assert tgi.stats()["requests"] - first == 120 - cached  # only the missing ones
+    data = run.load("generate")
+    assert len(data) == 120 and len(set(data["id"])) == 120
+    assert tgi.stats()["distinct_answered"] == 120
+
+
+def test_ten_percent_faults_complete_and_count_retries(tgi, tmp_path):
+    tgi.configure(fault_rate=0.1, faults=["429", "503", "timeout", "malformed", "disconnect"], timeout_s=1.0, seed=3)
+    run = make_run(tmp_path, "sentiment", {"backend": "tgi", "endpoints": [tgi.url], "n_per_class": 30,
+                                           "concurrency": 8, "timeout": 0.5, "backoff": 0.01, "max_retries": 8})
+    manifest, _ = run_stage(run, "generate")
+    stats = tgi.stats()
+    faults = sum(v for k, v in stats["counts"].items() if k.startswith("fault_"))
+    assert faults >= 3
+    requests = manifest["metrics"]["requests"]
+    assert requests["retries"] == faults and requests.get("failed", 0) == 0
+    assert requests["sent"] == 90 + faults
+    data = run.load("generate")
+    assert len(data) == 90 and len(set(data["id"])) == 90
+    assert not manifest["dropped"]
+
+
+def test_422_ends_with_one_line_and_keeps_finished_rows(tgi, tmp_path, capsys):
+    msg = "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096"
+    tgi.configure(reject_after=10, reject_message=msg)
+    path = write_recipe(tmp_path, "sentiment", {"backend": "tgi", "endpoints": [tgi.url], "n_per_class": 10,
+                                                "concurrency": 1})
+    capsys.readouterr()
+    assert cli.main(["-q", "generate", "--config", path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and msg in err and "422" in err
+    assert tgi.stats()["counts"]["fault_422"] == 1  # not retried, nothing sent after it
+    run = Run(load_recipe(path))
+    assert cache_counts(run) == {"ok": 10, "failed": 1} and run.manifest("generate") is None
+
+    tgi.configure(reject_after=None)
+    assert cli.main(["-q", "generate", "--config", path]) == 0
+    assert tgi.stats()["requests"] == 11 + 20
+    assert len(run.load("generate")) == 30
+
+
+def test_requests_failing_after_retries_are_recorded_and_retried_next_run(tgi, tmp_path):
+    tgi.configure(fault_rate=1.0, faults=["503"])
+    run = make_run(tmp_path, "sentiment", {"backend": "tgi", "endpoints": [tgi.url], "n_per_class": 2,
+                                           "backoff": 0.001, "max_retries": 2})
+    with pytest.raises(HfaugError, match="6 of 6 reviews requests still failed after 2 retries"):
+        run_stage(run, "generate")
+    assert tgi.stats()["requests"] == 6 * 3 and cache_counts(run) == {"failed": 6}
+    tgi.configure(fault_rate=0.0)
+    run_stage(run, "generate")
+    assert cache_counts(run) == {"ok": 6} and len(run.load("generate")) == 6
+
+
+def test_dry_run_sends_a_few_requests_and_writes_nothing(tgi, tmp_path, capsys):
+    path = write_recipe(tmp_path, "nli", {"backend": "tgi", "endpoints": [tgi.url], "n_premises": 50,
+                                          "dry_run_requests": 2})
+    capsys.readouterr()
+    assert cli.main(["-q", "generate", "--config", path, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "premises: 50 requests" in out and "hypotheses: 150 requests" in out and "total: ~" in out
+    assert tgi.stats()["requests"] == 4
+    run = Run(load_recipe(path))
+    assert run.manifest("generate") is None and not (run.root / "cache" / "generate" / "requests.sqlite").exists()
+    # after a partial run, the estimate counts only what is still missing
+    tgi.configure(reject_after=4 + 10)
+    assert cli.main(["-q", "generate", "--config", path, "--generate.concurrency", "1"]) == 2
+    tgi.configure(reject_after=None)
+    capsys.readouterr()
+    assert cli.main(["-q", "generate", "--config", path, "--dry-run", "--generate.concurrency", "1"]) == 0
+    assert "premises: 40 requests (10 more already cached)" in capsys.readouterr().out
+
+
+def test_server_protocol_stream_and_list_routes(tgi):
+    """The test server speaks TGI as huggingface_hub's client expects (the SSE stream included)."""
+    import asyncio
+
+    from huggingface_hub import AsyncInferenceClient
+
+    async def go():
+        client = AsyncInferenceClient(model=tgi.url)
+        tokens = [t async for t in await client.text_generation("Hi", stream=True, details=True, seed=1)]
+        full = await client.text_generation("Hi", seed=1, details=True, top_n_tokens=2)
+        return tokens, full
+
+    tokens, full = asyncio.run(go())
+    assert tokens[-1].generated_text == full.generated_text
+    assert "".join(t.token.text for t in tokens).strip() == full.generated_text
+    assert len(full.details.top_tokens[0]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# the in-process backend, config errors
+
+
+def test_transformers_backend_on_the_tiny_chat_lm(tiny, tmp_path):
+    config = GenerateConfig(backend="transformers", model=str(tiny["chat-lm"]), n_per_class=4, min_new_tokens=8,
+                            max_new_tokens=12, threads=1, batch_size=6, progress=False,
+                            clean=CleanConfig(min_chars=1, near_duplicates=False))
+    out, dropped, metrics = generate(config, get_task("sentiment"), seed=1, cache_dir=tmp_path / "c")
+    raw = out["raw"]
+    assert len(raw) == 12 and all(8 <= n <= 12 for n in raw["generated_tokens"])
+    assert len(out["data"]) + sum(dropped.values()) == 12
+    again, _, metrics2 = generate(config, get_task("sentiment"), seed=1, cache_dir=tmp_path / "c")
+    assert metrics2["requests"]["cached"] == 12 and metrics2["requests"].get("sent", 0) == 0
+    assert again["raw"]["output"] == raw["output"]
+    fresh, _, _ = generate(config, get_task("sentiment"), seed=1, cache_dir=tmp_path / "other")
+    assert fresh["raw"]["output"] == raw["output"]  # seeded: same text without the cache
+
+
+def test_transformers_serve_openai_route(tiny, tmp_path):
+    """A real OpenAI-compatible server: `transformers serve` on the tiny chat LM."""
+    pytest.importorskip("openai", reason="`transformers serve` needs the 'openai' package (transformers[serving]: "
+                                         "openai, fastapi, uvicorn, pydantic), not installed in this environment")
+    import shutil
+    import socket
+    import urllib.error
+    import urllib.request
+
+    exe = shutil.which("transformers") or str(Path(sys.executable).with_name("transformers"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--force-model",
+                             str(tiny["chat-lm"]), "--log-level", "error"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/v1/models", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break  # any HTTP answer means the server is up
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail("transformers serve did not start")
+                time.sleep(0.5)
+        run = make_run(tmp_path, "sentiment", {"backend": "openai", "model": str(tiny["chat-lm"]), "endpoints": [url],
+                                               "n_per_class": 2, "max_new_tokens": 16, "concurrency": 2,
+                                               "clean": {"min_chars": 1}})
+        manifest, _ = run_stage(run, "generate")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    requests = manifest["metrics"]["requests"]
+    assert requests["sent"] == 6 and requests.get("failed", 0) == 0
+    assert manifest["rows_out"]["data"] + sum(manifest["dropped"].values()) == 6
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"backend": "tgi"}, "needs generate.endpoints"),
+    ({"templates": {"postive": "x"}}, "did you mean 'positive'"),
+    ({"templates": {"premise": "about {topic}"}}, "uses {topic}"),
+    ({"bakend": "tgi"}, "unknown key 'generate.bakend'"),
+    ({"endpoints": ["localhost:8080"], "backend": "tgi"}, "not an http(s) URL"),
+])
+def test_config_errors_are_one_line(tmp_path, capsys, section, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe_dict(tmp_path, "sentiment", section)))
+    assert cli.main(["generate", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+# ---------------------------------------------------------------------------------------------
+# prompts and cleaning
+
+
+def test_domain_mix_and_stable_requests():
+    mix = {"travel": 0.4, "government": 0.4, "fiction": 0.2}
+    domains = [domain_for(i, mix) for i in range(100)]
+    assert abs(domains.count("travel") - 40) <= 2 and abs(domains.count("fiction") - 20) <= 2
+    templates = templates_for("nli")
+    small, large = premise_requests(10, templates, mix, 1), premise_requests(30, templates, mix, 1)
+    assert large[:10] == small  # raising n only appends requests
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("Sure! Here is a review:\nThe hotel was lovely and the staff kind.", "The hotel was lovely and the staff kind."),
+    ('Here you go: "The battery lasts two full days."', "The battery lasts two full days."),
+    ("[INST] ignore [/INST] Review: A dull film with a weak plot.</s>", "A dull film with a weak plot."),
+    ("1. The museum opens at nine   every day.", "The museum opens at nine every day."),
+    ("The café was great!!!  Loved it ,really.", "The caf was great! Loved it, really."),
+    ("-- ** The train was late again today.", "The train was late again today."),
+    ("Too short.", None),
+    ("Random\x04 weights\x16 emit control characters.", "Random weights emit control characters."),
+])
+def test_cleaning_rules(raw, expected):
+    text, reason = clean_text(raw, CleanConfig())
+    assert text == expected
+    assert (reason is None) == (expected is not None)
+
+
+def test_cleaning_rules_can_be_switched_off():
+    raw = "Note: the café opens at 9:30 daily for everyone."
+    assert clean_text(raw)[0] == "daily for everyone."  # the paper's colon rule, as it was
+    off = CleanConfig(after_last_colon=False, ascii_only=False, strip_scaffolding=False)
+    assert clean_text(raw, off)[0] == "Note: the café opens at 9:30 daily for everyone."
+    assert clean_text("x" * 17)[1] == "too_short" and clean_text("x" * 18)[0] == "x" * 18
+    assert clean_text("a b c d e f g h i j k", CleanConfig(min_words=12))[1] == "too_few_words"
+
+
+def test_duplicates_exact_and_near():
+    texts = ["The hotel room was clean and the staff were friendly.",
+             "the hotel room was clean, and the staff were friendly!",  # exact after normalising
+             "The hotel room was clean and the staff were very friendly.",  # near
+             "A completely different sentence about trains in winter."]
+    assert duplicates(texts) == {1: "exact_duplicate", 2: "near_duplicate"}
+    assert duplicates(texts, CleanConfig(near_duplicates=False)) == {1: "exact_duplicate"}
+    assert duplicates(texts, CleanConfig(dedupe=False, near_duplicates=False)) == {}
+
+
+def test_few_shot_examples_come_from_the_source_data(tgi, tmp_path):
+    run = make_run(tmp_path, "sentiment", {"backend": "tgi", "endpoints": [tgi.url], "n_per_class": 3,
+                                           "few_shot": 1})
+    run_stage(run, "generate")
+    source_ids = set(run.load("source", "train")["id"])
+    params = [json.loads(p) for p in run.load("generate")["gen_params"]]
+    shown = [p["few_shot_ids"] for p in params]
+    assert all(len(ids) == 3 and set(ids) <= source_ids for ids in shown)  # one per class
+    assert len({tuple(ids) for ids in shown}) > 1  # each request gets its own examples
+
+
+def test_lora_adapter_from_the_adapt_stage_is_loaded(tiny, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from hfaug.runs import StageResult, execute, write_json_atomic
+
+    base = str(tiny["chat-lm"])
+
+    def fake_adapt(ctx):  # what the adapt stage leaves: adapter/ and adapt.json
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                               LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        model.save_pretrained(ctx.out_dir / "adapter")
+        write_json_atomic(ctx.out_dir / "adapt.json", {"adapter": "adapter", "base_model": "hfaug://tiny/chat-lm",
+                                                        "base_model_path": base})
+        return StageResult()
+
+    section = {"backend": "transformers", "model": base, "n_per_class": 2, "min_new_tokens": 6, "max_new_tokens": 6,
+               "threads": 1, "clean": {"min_chars": 1, "near_duplicates": False}}
+    data = recipe_dict(tmp_path, "sentiment", section)
+    plain = generate(GenerateConfig(**{**section, "clean": CleanConfig(**section["clean"])}), get_task("sentiment"),
+                     seed=7)[0]["raw"]["output"]
+    data["adapt"] = {"model": base}
+    run = Run(load_recipe(data))
+    run_stage(run, "source")
+    execute(run, "adapt", fake_adapt, None, [])
+    manifest, _ = run_stage(run, "generate")
+    assert manifest["metrics"]["adapter"].endswith("adapter")
+    adapted = run.load("generate", "raw")["output"]
+    assert len(adapted) == len(plain) == 6 and adapted != plain
+
+    bad = recipe_dict(tmp_path, "sentiment", {**section, "model": "some/other-model"})
+    bad["adapt"] = {"model": base}
+    run2 = Run(load_recipe(bad), root=run.root)
+    with pytest.raises(HfaugError, match="trained its adapter on 'hfaug://tiny/chat-lm'"):
+        run_stage(run2, "generate", force=True)
+
+
+@pytest.mark.parametrize("backend", ["tgi", "openai"])
+def test_llm_labels_constrained_answer_and_soft_labels(tgi, tmp_path, backend):
+    run = make_run(tmp_path, "sentiment", {"backend": backend, "endpoints": [tgi.url], "n_per_class": 4,
+                                           "llm_labels": True, "model": "m"})
+    manifest, _ = run_stage(run, "generate")
+    data, labels = run.load("generate"), run.load("generate", "llm_labels")
+    assert labels["id"] == data["id"] and labels.features["llm_label"].names == ["negative", "neutral", "positive"]
+    for row in labels:
+        probs = row["llm_soft_label"]
+        assert abs(sum(probs) - 1) < 1e-5 and max(probs) > 0.6  # from the server's log-probabilities
+        assert row["llm_label"] == probs.index(max(probs)) and row["llm_answer"] in ("negative", "neutral", "positive")
+    stats = manifest["metrics"]["llm_labels"]
+    assert stats["from_logprobs"] == 12 and stats["unparsed"] == 0 and 0 <= stats["agreement_with_prompt_label"] <= 1
+
+
+def test_llm_labels_in_process_are_exact_label_probabilities(tiny):
+    import datasets
+
+    from hfaug.generate.backends import TransformersBackend
+    from hfaug.generate.classify import classify, parse_answer, soft_label
+
+    ds = datasets.Dataset.from_dict({"text": ["I loved this hotel.", "The train was late and dirty."]})
+    out, stats = classify(ds, get_task("sentiment"), TransformersBackend(str(tiny["chat-lm"]), threads=1),
+                          progress=False)
+    assert stats["from_logprobs"] == 2 and len(out) == 2
+    assert all(abs(sum(p) - 1) < 1e-5 for p in out["llm_soft_label"])
+    assert parse_answer("Positive.", ["negative", "neutral", "positive"]) == 2
+    assert parse_answer("I think it is neutral", ["negative", "neutral", "positive"]) == 1
+    assert parse_answer("no idea", ["negative", "neutral", "positive"]) == -1
+    probs = soft_label([[{"text": " pos", "logprob": math.log(0.6)}, {"text": "neg", "logprob": math.log(0.2)}]],
+                       ["negative", "neutral", "positive"])
+    assert probs == pytest.approx([0.25, 0.0, 0.75])
+
+
+def test_server_info_sizes_concurrency_and_checks_lengths(tmp_path):
+    with TGIServer(max_concurrent_requests=3, max_total_tokens=200) as server:
+        run = make_run(tmp_path, "sentiment", {"backend": "tgi", "endpoints": [server.url], "n_per_class": 2})
+        with pytest.raises(HfaugError, match="max_total_tokens=200"):
+            run_stage(run, "generate")  # the default max_new_tokens (256) cannot fit
+        assert server.stats()["requests"] == 0
+
+    from hfaug.generate.backends import TGIBackend
+    from hfaug.generate.engine import run_sync
+
+    with TGIServer(max_concurrent_requests=3) as a, TGIServer(max_concurrent_requests=4) as b:
+        backend = TGIBackend("m", [a.url, b.url])
+
+        async def go():
+            await backend.start()
+            await backend.close()
+
+        run_sync(go())
+        assert backend.max_concurrency == 7 and backend.model_id == "hfaug/tgi-test"
+
+
+def test_backend_generate_is_the_plain_interface(tgi):
+    from hfaug.generate.backends import DummyBackend, TGIBackend
+
+    prompts = ["Write a short review.", [{"role": "user", "content": "Write a sentence."}]]
+    dummy = DummyBackend().generate(prompts, seed=3)
+    assert dummy == DummyBackend().generate(prompts, seed=3) != DummyBackend().generate(prompts, seed=4)
+    texts = TGIBackend("m", [tgi.url], prompt_format="plain").generate(prompts, seed=3, max_new_tokens=20)
+    assert len(texts) == 2 and all(texts) and tgi.stats()["requests"] == 2
+
+
+def test_nli_drops_are_counted_and_hypotheses_deduplicated_per_premise(tmp_path):
+    """A server that repeats itself: equal premises and equal hypotheses are dropped, by reason."""
+    from hfaug.generate.backends import Backend, Generation
+
+    class Repetitive(Backend):
+        name = "repetitive"
+
+        async def agenerate(self, requests, params):
+            out = []
+            for r in requests:
+                if r.kind == "premise":  # premises 0 and 1 are the same sentence
+                    out.append(Generation(premises[max(r.index, 1)]))
+                elif r.label in ("entailment", "neutral"):  # neutral repeats the entailment hypothesis
+                    out.append(Generation(f"Something happened at {r.meta['premise'][:12]}."))
+                else:
+                    out.append(Generation("Nobody met."))  # too short
+            return out
+
+    premises = ["", "The council voted on the budget on Monday.", "A quiet river runs past the old mill.",
+                "She bought two train tickets to the coast."]
+    config = GenerateConfig(backend="dummy", n_premises=4, progress=False)
+    out, dropped, metrics = generate(config, get_task("nli"), backend=Repetitive("r"))
+    assert dropped == {"premise_exact_duplicate": 3, "exact_duplicate": 3, "too_short": 3}
+    assert len(out["data"]) + sum(dropped.values()) == metrics["rows_requested"] == 12
+    assert out["data"]["prompt_label"] == [0, 0, 0]  # the entailment hypotheses came first
+    raw = out["raw"]
+    assert sorted(d for d in raw["dropped"] if d) == ["exact_duplicate"] * 4 + ["too_short"] * 3
+
+
+def test_per_label_counts_for_extra_neutral_generations(tgi, tmp_path):
+    run = make_run(tmp_path, "sentiment", {"backend": "tgi", "endpoints": [tgi.url], "n_per_class": 2,
+                                           "n_by_label": {"neutral": 5}})
+    run_stage(run, "generate")
+    labels = run.load("generate")["prompt_label"]
+    assert sorted(labels) == [0, 0, 1, 1, 1, 1, 1, 2, 2] and tgi.stats()["requests"] == 9
+    bad = make_run(tmp_path / "b", "sentiment", {"backend": "tgi", "endpoints": [tgi.url], "n_by_label": {"neutrl": 5}})
+    with pytest.raises(HfaugError, match="label 'neutrl' in generate.n_by_label is not a sentiment label"):
+        run_stage(bad, "generate")
+
+
+def test_retry_after_from_the_server_is_honoured(tgi):
+    import asyncio
+
+    from hfaug.generate.backends import TGIBackend
+    from hfaug.generate.engine import RetryPolicy, run_requests
+
+    tgi.configure(overloaded_first=1, retry_after=0.6)
+    backend = TGIBackend("m", [tgi.url], prompt_format="plain")
+    requests = premise_requests(1, templates_for("nli"), {"travel": 1.0}, 1)
+
+    async def go():
+        await backend.start()
+        try:
+            start = time.perf_counter()
+            outcome = await run_requests(backend, requests, {"max_new_tokens": 8}, cache=None, progress=False,
+                                         retry=RetryPolicy(max_retries=3, backoff=0.001))
+            return outcome, time.perf_counter() - start
+        finally:
+            await backend.close()
+
+    outcome, elapsed = asyncio.run(go())
+    assert outcome.stats["retry_http_429"] == 1 and len(outcome.results) == 1
+    assert elapsed >= 0.6  # the backoff alone would have waited about a millisecond
