@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
-# Debian's chromium for the browser test (Playwright drives it by executable path).
+# Debian's chromium for the browser test (Playwright drives it by executable path), with Noto
+# fonts so Devanagari and Arabic-script text renders in the screenshots.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium for the browser test"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	@command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -q NotoSansDevanagari || { \
+	  echo "installing Debian's chromium and Noto fonts for the browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-core >/dev/null) \
 	  || echo "warning: could not install chromium; the browser test will be skipped"; }
 
 demo: $(STAMP)

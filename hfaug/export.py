@@ -1,0 +1,331 @@
+"""Export stage: students to ONNX with Optimum (optionally dynamic int8), behind a parity gate.
+
+Each student written by ``distill`` (``<run>/distill/students/<name>/``: model, tokenizer, card)
+is exported with Optimum to ``<run>/export/onnx/<name>/`` and, with ``quantize: true``, quantised
+with ONNX Runtime's dynamic int8 (``ORTQuantizer``) to ``<run>/export/int8/<name>/``. Both are
+checked against the PyTorch student on held-out rows (the source ``dev`` split): the share of rows
+where the predicted label agrees, and the largest difference of any class probability. An export
+below the gate raises :class:`~hfaug.errors.HfaugError` (the run stops with exit code 2); the
+figures go into the stage metrics and into the model card copied next to each ONNX model.
+
+Input: the ``distill`` students; the source ``dev`` dataset.
+Input columns (dev): text, or premise + hypothesis.
+Output: ``onnx/<name>/`` and ``int8/<name>/`` folders (model.onnx, config.json, tokenizer, README.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from .errors import HfaugError, did_you_mean
+from .runs import StageContext, StageResult
+
+if TYPE_CHECKING:
+    import numpy as np
+
+logger = logging.getLogger(__name__)
+
+ONNX_DIR = "onnx"  # fp32 exports, one folder per student
+INT8_DIR = "int8"  # dynamically quantised exports
+STUDENTS_DIR = "students"  # where distill writes its students
+CARD = "README.md"
+INSTALL_HINT = "install the export extra: pip install 'hfaug[export]'"
+
+
+@dataclass
+class ExportConfig:
+    """ONNX export of the students, dynamic int8 quantisation and the parity gate."""
+
+    quantize: bool = field(default=True, metadata={
+        "help": "Also write a dynamically quantised int8 model (ONNX Runtime, weights int8, activations "
+                "quantised at run time): about 3x faster on CPU, checked by the same parity gate."})
+    quantization: Literal["avx512_vnni", "avx512", "avx2", "arm64"] = field(default="avx512_vnni", metadata={
+        "help": "Optimum's AutoQuantizationConfig preset for the target CPU (avx512_vnni: recent x86 servers; "
+                "arm64: Graviton / Apple silicon)."})
+    per_channel: bool = field(default=False, metadata={
+        "help": "Quantise weights per output channel (more accurate, a little slower)."})
+    opset: int | None = field(default=None, metadata={"help": "ONNX opset; default: Optimum's choice for the model."})
+    min_agreement: float = field(default=0.99, metadata={
+        "help": "Parity gate: least share of held-out rows on which the ONNX model predicts the same label "
+                "as the PyTorch student (fp32 and int8)."})
+    max_prob_diff: float = field(default=1e-3, metadata={
+        "help": "Parity gate for fp32: largest allowed difference of any class probability against PyTorch."})
+    int8_max_prob_diff: float | None = field(default=None, metadata={
+        "help": "Parity gate for int8: largest allowed probability difference (default: reported, not gated; "
+                "quantisation moves probabilities by design, the label agreement is what is gated)."})
+    parity_rows: int = field(default=512, metadata={
+        "help": "Held-out rows (source dev) used for the parity check; 0 uses them all."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per input (longer inputs are truncated)."})
+    batch_size: int = field(default=32, metadata={"help": "Rows per batch in the parity check."})
+    students: list[str] = field(default_factory=list, metadata={
+        "help": "Names of the students to export (folders under distill/students/); empty exports all."})
+
+    def __post_init__(self):
+        if not 0.0 < self.min_agreement <= 1.0:
+            raise ValueError(f"export.min_agreement must be in (0, 1], got {self.min_agreement}")
+        if self.max_prob_diff < 0 or (self.int8_max_prob_diff is not None and self.int8_max_prob_diff < 0):
+            raise ValueError("export.max_prob_diff and export.int8_max_prob_diff must be >= 0")
+        if self.parity_rows < 0:
+            raise ValueError(f"export.parity_rows must be >= 0 (0 = all), got {self.parity_rows}")
+        if self.max_length < 8 or self.batch_size < 1:
+            raise ValueError("export.max_length must be >= 8 and export.batch_size >= 1")
+
+
+class ParityError(HfaugError):
+    """An exported model disagrees with its PyTorch student beyond the gate."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the steps, each usable on its own
+
+
+def export_onnx(student: str | Path, out_dir: str | Path, opset: int | None = None) -> Path:
+    """Export a ``*ForSequenceClassification`` folder to ``out_dir/model.onnx`` (+ config, tokenizer)."""
+    try:
+        from optimum.exporters.onnx import main_export
+    except ImportError as e:
+        raise HfaugError(f"export needs optimum-onnx ({e}); {INSTALL_HINT}") from None
+    out_dir = Path(out_dir)
+    try:
+        # our own parity check below is stricter than Optimum's validation, and runs once
+        main_export(str(student), output=str(out_dir), task="text-classification", opset=opset,
+                    do_validation=False, library_name="transformers")
+    except (ValueError, KeyError) as e:
+        raise HfaugError(f"export: Optimum cannot export {student} to ONNX: {e}") from None
+    return out_dir
+
+
+def quantize_onnx(onnx_dir: str | Path, out_dir: str | Path, quantization: str = "avx512_vnni",
+                  per_channel: bool = False) -> Path:
+    """Dynamic int8 quantisation of ``onnx_dir/model.onnx`` into ``out_dir`` (with config and tokenizer)."""
+    try:
+        from optimum.onnxruntime import ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    except ImportError as e:
+        raise HfaugError(f"quantisation needs optimum-onnx[onnxruntime] ({e}); {INSTALL_HINT}") from None
+    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    preset = getattr(AutoQuantizationConfig, quantization)
+    qconfig = preset(is_static=False, per_channel=per_channel)
+    quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name="model.onnx")
+    quantizer.quantize(qconfig, save_dir=out_dir, file_suffix=None)  # keeps the name model.onnx
+    for item in onnx_dir.iterdir():  # tokenizer and config travel with the model
+        if item.is_file() and item.suffix != ".onnx" and not (out_dir / item.name).exists():
+            shutil.copy2(item, out_dir / item.name)
+    return out_dir
+
+
+def torch_proba(student: str | Path, texts: list[str], pairs: list[str] | None = None, *,
+                max_length: int = 128, batch_size: int = 32) -> "np.ndarray":
+    """Probabilities of the PyTorch student, batched exactly as :class:`~hfaug.predict.OnnxClassifier` does."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .predict import length_sorted_batches
+
+    tokenizer = AutoTokenizer.from_pretrained(str(student))
+    model = AutoModelForSequenceClassification.from_pretrained(str(student)).eval()
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    with torch.inference_mode():
+        for idx, enc in length_sorted_batches(tokenizer, texts, pairs, max_length=max_length, batch_size=batch_size):
+            logits = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits
+            out[idx] = torch.softmax(logits.float(), dim=-1).numpy()
+    return out
+
+
+def parity(reference: "np.ndarray", probs: "np.ndarray") -> dict:
+    """Agreement of the argmax and the probability differences of ``probs`` against ``reference``."""
+    import numpy as np
+
+    if reference.shape != probs.shape:
+        raise ValueError(f"shapes differ: {reference.shape} vs {probs.shape}")
+    if not len(reference):
+        return {"rows": 0, "agreement": 1.0, "max_prob_diff": 0.0, "mean_prob_diff": 0.0, "disagreements": 0}
+    diff = np.abs(reference.astype(np.float64) - probs.astype(np.float64))
+    same = reference.argmax(-1) == probs.argmax(-1)
+    return {
+        "rows": int(len(reference)),
+        "agreement": float(same.mean()),
+        "disagreements": int((~same).sum()),
+        "max_prob_diff": float(diff.max()),
+        "mean_prob_diff": float(diff.mean()),
+    }
+
+
+def gate_failures(variant: str, figures: dict, config: ExportConfig) -> list[str]:
+    """Why ``figures`` fail the gate (empty when they pass)."""
+    failures = []
+    if figures["agreement"] < config.min_agreement:
+        failures.append(f"{variant} label agreement {figures['agreement']:.2%} < {config.min_agreement:.2%} "
+                        f"({figures['disagreements']} of {figures['rows']} rows differ)")
+    limit = config.max_prob_diff if variant == "fp32" else config.int8_max_prob_diff
+    if limit is not None and figures["max_prob_diff"] > limit:
+        failures.append(f"{variant} max probability difference {figures['max_prob_diff']:.3g} > {limit:g}")
+    return failures
+
+
+def export(student: str | Path, out_dir: str | Path, config: ExportConfig | None = None, *,
+           texts: list[str], pairs: list[str] | None = None, name: str | None = None,
+           rows_from: str = "held-out rows") -> dict:
+    """Export one student to ``out_dir/onnx/<name>`` (and ``out_dir/int8/<name>``), check parity.
+
+    ``texts`` (and ``pairs`` for NLI) are the held-out rows of the parity check. Returns the
+    parity figures per variant (``{"fp32": {...}, "int8": {...}}``); raises :class:`ParityError`
+    when a variant fails the gate, after writing everything so the failed export can be inspected.
+    """
+    from .predict import OnnxClassifier, read_labels
+
+    config = config or ExportConfig()
+    student, out_dir = Path(student), Path(out_dir)
+    name = name or student.name
+    try:
+        labels = read_labels(student)
+    except (OSError, ValueError) as e:
+        raise HfaugError(f"export: student '{name}' at {student} is not a classifier folder: {e}") from None
+
+    reference = torch_proba(student, texts, pairs, max_length=config.max_length, batch_size=config.batch_size)
+    variants = {"fp32": export_onnx(student, out_dir / ONNX_DIR / name, config.opset)}
+    if config.quantize:
+        variants["int8"] = quantize_onnx(variants["fp32"], out_dir / INT8_DIR / name, config.quantization,
+                                         config.per_channel)
+    figures, failures = {}, []
+    for variant, folder in variants.items():
+        clf = OnnxClassifier(folder, max_length=config.max_length, batch_size=config.batch_size)
+        if clf.labels != labels:
+            raise HfaugError(f"export: {variant} model of '{name}' has labels {clf.labels}, the student {labels}")
+        figures[variant] = parity(reference, clf.predict_proba(texts, pairs))
+        failures += gate_failures(variant, figures[variant], config)
+        logger.info("export %s %s: agreement %.2f%%, max prob diff %.2g on %d rows", name, variant,
+                    100 * figures[variant]["agreement"], figures[variant]["max_prob_diff"], len(texts))
+    for variant, folder in variants.items():
+        write_card(student, folder, name=name, variant=variant, figures=figures, config=config,
+                   rows_from=rows_from, passed=not failures)
+    if failures:
+        raise ParityError(f"export: student '{name}' fails the parity gate on {len(texts)} {rows_from}: "
+                          + "; ".join(failures) + ". Train the student longer, set export.per_channel: true, "
+                          "or export.quantize: false")
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------
+# the model card
+
+
+def write_card(student: Path, folder: Path, *, name: str, variant: str, figures: dict, config: ExportConfig,
+               rows_from: str, passed: bool) -> Path:
+    """The student's card with an ONNX section (format, parity figures, usage) appended."""
+    from .predict import read_labels
+
+    source = Path(student) / CARD
+    text = source.read_text(encoding="utf-8") if source.is_file() else f"# {name}\n"
+    text = _add_tags(text, ["onnx"] + (["int8"] if variant == "int8" else []))
+    what = ("dynamically quantised to int8 with ONNX Runtime "
+            f"(`{config.quantization}` preset, per-channel {str(config.per_channel).lower()})"
+            if variant == "int8" else "exported to ONNX (fp32) with Optimum")
+    rows = "\n".join(
+        f"| {v} | {f['agreement']:.2%} | {f['disagreements']} / {f['rows']} | {f['max_prob_diff']:.2e} | "
+        f"{f['mean_prob_diff']:.2e} |" for v, f in figures.items())
+    int8_limit = f", int8 max prob diff <= {config.int8_max_prob_diff:g}" if config.int8_max_prob_diff is not None else ""
+    section = f"""
+
+## ONNX export
+
+This folder holds the student **{name}** {what}: `model.onnx` with its `config.json` and tokenizer.
+
+Parity with the PyTorch student on {figures[variant]['rows']} {rows_from}, batched and padded identically:
+
+| model | label agreement | rows that differ | max prob diff | mean prob diff |
+|---|---|---|---|---|
+{rows}
+
+Gate: label agreement >= {config.min_agreement:.0%}, fp32 max prob diff <= {config.max_prob_diff:g}{int8_limit}: **{"passed" if passed else "FAILED"}**.
+
+```python
+from hfaug.predict import OnnxClassifier  # onnxruntime + tokenizer, no torch
+
+clf = OnnxClassifier("{folder.name}")
+clf.predict_proba(["..."])  # columns: {", ".join(read_labels(folder))}
+```
+"""
+    path = Path(folder) / CARD
+    path.write_text(text.rstrip("\n") + section, encoding="utf-8")
+    return path
+
+
+def _add_tags(card: str, tags: list[str]) -> str:
+    """Add ``tags`` to the card's YAML front matter (creating it), so the Hub lists the model as ONNX."""
+    import yaml
+
+    meta, body = {}, card
+    if card.startswith("---\n"):
+        end = card.find("\n---", 4)
+        if end != -1:
+            try:
+                meta = yaml.safe_load(card[4:end]) or {}
+                body = card[end + 4:].lstrip("\n")
+            except yaml.YAMLError:
+                meta, body = {}, card
+    if not isinstance(meta, dict):
+        meta, body = {}, card
+    existing = meta.get("tags") or []
+    meta["tags"] = list(existing) + [t for t in tags if t not in existing]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def find_students(distill_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
+    """Student folders written by distill (``students/<name>/config.json``), by name."""
+    root = Path(distill_dir) / STUDENTS_DIR
+    found = {p.parent.name: p.parent for p in sorted(root.glob("*/config.json"))}
+    if not found:
+        raise HfaugError(f"export: no students in {root} (expected <name>/config.json folders written by "
+                         "the distill stage); run `hfaug distill` first")
+    if names:
+        for n in names:
+            if n not in found:
+                raise HfaugError(f"export.students: no student named '{n}' in {root}{did_you_mean(n, found)}")
+        found = {n: found[n] for n in names}
+    return found
+
+
+def parity_rows(ctx: StageContext) -> tuple[list[str], list[str] | None, str]:
+    """Texts (and hypotheses) of the held-out rows: the source dev split, else train."""
+    from .schema import require_columns
+
+    split = "dev"
+    rows = ctx.input("source", "dev")
+    if len(rows) == 0:
+        # no dev data: the parity gate is about the runtime, not accuracy, so seen rows still judge it
+        logger.warning("export: source has no dev rows; checking parity on source train rows")
+        split, rows = "train", ctx.input("source", "train")
+    require_columns(rows, ctx.task.text_columns, "export")
+    n = ctx.config.parity_rows
+    if n and len(rows) > n:
+        rows = rows.shuffle(seed=ctx.seed).select(range(n))
+    columns = [list(rows[c]) for c in ctx.task.text_columns]
+    return columns[0], (columns[1] if ctx.task.is_pair else None), f"source {split} rows"
+
+
+def run(ctx: StageContext) -> StageResult:
+    config: ExportConfig = ctx.config
+    students = find_students(ctx.input_dir("distill"), config.students)
+    texts, pairs, rows_from = parity_rows(ctx)
+    if not texts:
+        raise HfaugError("export: the source data has no rows to check parity on; give source.dev")
+    metrics: dict = {}
+    for name, folder in students.items():
+        metrics[name] = export(folder, ctx.out_dir, config, texts=texts, pairs=pairs, name=name, rows_from=rows_from)
+    variant = INT8_DIR if config.quantize else ONNX_DIR
+    recipe = ctx.recipe.source_path or "<recipe>"
+    return StageResult(rows_in=len(texts), metrics=metrics, extra={
+        "students": sorted(students),
+        "next": [f"ONNX students: {ctx.run.stage_dir(ctx.stage)}/{variant}/<name>/ (hfaug.predict.OnnxClassifier)",
+                 f"try them in the browser: hfaug serve --config {recipe}"],
+    })

@@ -1,0 +1,268 @@
+"""Serve: the Gradio app through gradio_client, the Space's app.py as deployed, `hfaug serve` on a
+run, and a real headless Chromium (Debian's chromium driven by Playwright) clicking through the UI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hfaug.export import export_onnx
+from hfaug.runs import Run, StageResult, execute
+from hfaug.serve import build_demo, launch, load_models, parse_models
+from hfaug.testing import tiny_model
+
+from test_export import demo_rows, make_student  # the same tiny trained students
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+POSITIVE = "The staff were friendly and the room was spotless, a wonderful stay."
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def client(url: str):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"server at {url} did not come up in {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def onnx_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve")
+    encoder = tiny_model("encoder")
+    export_onnx(make_student(root / "sentiment-student", encoder, "sentiment", steps=30), root / "sentiment")
+    export_onnx(make_student(root / "nli-student", encoder, "nli", steps=0), root / "nli")  # compared to itself
+    return {"sentiment": root / "sentiment", "nli": root / "nli"}
+
+
+@pytest.fixture(scope="module")
+def app(onnx_models):
+    models = load_models({"en-student": str(onnx_models["sentiment"])})
+    demo = build_demo(models, max_chars=200, concurrency_limit=2)
+    url = launch(demo, port=free_port())
+    yield url, models["en-student"]
+    demo.close()
+
+
+def test_round_trip_through_gradio_client(app):
+    url, clf = app
+    c = client(url)
+    params = c.view_api(return_format="dict", print_info=False)["named_endpoints"]["/predict"]["parameters"]
+    assert [p["parameter_name"] for p in params] == ["text", "model"]
+
+    result = c.predict(POSITIVE, "en-student", api_name="/predict")
+    probs = clf.predict_proba([POSITIVE])[0]
+    assert result["label"] == clf.labels[int(probs.argmax())] == "positive"
+    got = {item["label"]: item["confidence"] for item in result["confidences"]}
+    assert got.keys() == set(clf.labels)
+    np.testing.assert_allclose([got[label] for label in clf.labels], probs, atol=1e-6)
+
+
+def test_bad_input_is_refused_with_a_clear_error_and_the_server_keeps_serving(app):
+    from gradio_client.exceptions import AppError
+
+    url, clf = app
+    c = client(url)
+    for text, message in [("", "The text is empty: please type a sentence."),
+                          ("   \n ", "The text is empty"),
+                          ("x" * 201, "The text is 201 characters long; the limit is 200. Please shorten it.")]:
+        with pytest.raises(AppError, match=message):
+            c.predict(text, "en-student", api_name="/predict")
+    with pytest.raises(AppError, match="not in the list of choices"):
+        c.predict(POSITIVE, "no-such-model", api_name="/predict")
+    # exactly at the limit is fine, and the server still answers
+    assert c.predict("y" * 200, "en-student", api_name="/predict")["label"] in clf.labels
+    assert c.predict(POSITIVE, "en-student", api_name="/predict")["label"] == "positive"
+
+
+def test_concurrent_callers_get_their_own_answers(app):
+    url, clf = app
+    c = client(url)
+    texts = [r["text"] for r in demo_rows("sentiment_en_dev")[:16]]
+    jobs = [c.submit(t, "en-student", api_name="/predict") for t in texts]  # all at once, queue limit 2
+    labels = [job.result(timeout=120)["label"] for job in jobs]
+    assert labels == clf.predict(texts)
+
+
+def test_nli_app_takes_a_premise_and_a_hypothesis(onnx_models):
+    from gradio_client.exceptions import AppError
+
+    models = load_models(parse_models(f"nli-en={onnx_models['nli']}"))
+    demo = build_demo(models)
+    try:
+        c = client(launch(demo, port=free_port()))
+        params = c.view_api(return_format="dict", print_info=False)["named_endpoints"]["/predict"]["parameters"]
+        assert [p["parameter_name"] for p in params] == ["premise", "hypothesis", "model"]
+        row = demo_rows("nli_en_dev")[0]
+        result = c.predict(row["premise"], row["hypothesis"], "nli-en", api_name="/predict")
+        assert result["label"] == models["nli-en"].predict([row["premise"]], [row["hypothesis"]])[0]
+        with pytest.raises(AppError, match="The hypothesis is empty"):
+            c.predict(row["premise"], "", "nli-en", api_name="/predict")
+    finally:
+        demo.close()
+
+
+def push_to_local_hub(folder: Path, repo_id: str, monkeypatch) -> str:
+    """Upload ``folder`` as ``onnx/`` of a model repo on the test Hub; returns the server URL."""
+    import huggingface_hub.constants as hf_constants
+    from huggingface_hub import HfApi
+
+    from hub_server import HubServer
+
+    server = HubServer().start()
+    # the client's import-time constants, pointed at the test Hub for this upload
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", server.url)
+    api = HfApi(endpoint=server.url, token="hf_test_token")
+    api.create_repo(repo_id)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo="onnx")
+    assert "onnx/model.onnx" in server.files(repo_id, repo_type="model")
+    return server
+
+
+def test_space_metadata_and_app_run_as_deployed(onnx_models, tmp_path, monkeypatch):
+    import gradio
+
+    front = yaml.safe_load((ROOT / "spaces" / "README.md").read_text(encoding="utf-8").split("---\n")[1])
+    assert front["sdk"] == "gradio" and front["app_file"] == "app.py"
+    assert front["sdk_version"] == gradio.__version__  # the version the tests ran
+    assert (ROOT / "spaces" / front["app_file"]).is_file()
+    assert len(front["short_description"]) <= 60  # the Hub rejects longer ones
+    requirements = (ROOT / "spaces" / "requirements.txt").read_text()
+    assert "hfaug[serve]" in requirements and "torch" not in requirements.replace("no torch", "")
+
+    # the Space's way: `python app.py`, models given by a Space variable: a local folder and a Hub repo
+    hub = push_to_local_hub(onnx_models["sentiment"], "org/hi-student", monkeypatch)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update({"HFAUG_MODELS": f"student={onnx_models['sentiment']}, hub=org/hi-student/onnx",
+                "HFAUG_MAX_CHARS": "50", "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "space-home"),
+                "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)})
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT / "spaces", env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until_up(url, proc)
+        c = client(url)
+        local = c.predict(POSITIVE[:50], "student", api_name="/predict")
+        assert local["label"] in ("positive", "neutral", "negative")
+        assert c.predict(POSITIVE[:50], "hub", api_name="/predict") == local  # the same model, from the Hub
+        from gradio_client.exceptions import AppError
+
+        with pytest.raises(AppError, match="the limit is 50"):
+            c.predict(POSITIVE, "student", api_name="/predict")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+        hub.stop()
+
+
+def test_hfaug_serve_on_a_run(onnx_models, tmp_path, capsys):
+    from hfaug.cli import main
+    from hfaug.config import load_recipe
+
+    data = {"name": "srv", "task": "sentiment", "output_dir": str(tmp_path / "runs"),
+            "source": {"path": "hfaug://data/demo/sentiment_en.jsonl"}, "serve": {"max_chars": 80}}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    assert main(["serve", "--config", str(recipe)]) == 2
+    assert "stage 'export' has no output" in capsys.readouterr().err
+
+    def fake_export(ctx):  # the export stage's layout: fp32 for both, int8 for one
+        for name in ("topk", "divk"):
+            shutil.copytree(onnx_models["sentiment"], ctx.out_dir / "onnx" / name)
+        shutil.copytree(onnx_models["sentiment"], ctx.out_dir / "int8" / "topk")
+        return StageResult()
+
+    execute(Run(load_recipe(str(recipe))), "export", fake_export, None, [])
+    assert main(["serve", "--config", str(recipe), "--serve.models", "[top-k]"]) == 2
+    assert "no exported student 'top-k'" in capsys.readouterr().err
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hfaug", "serve", "--config", str(recipe), "--port", str(port),
+                             "--share", "false"], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until_up(url, proc)
+        c = client(url)
+        assert c.predict(POSITIVE, "topk", api_name="/predict")["label"] == "positive"
+        assert c.predict(POSITIVE, "divk", api_name="/predict")["label"] == "positive"
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl+C closes the server and exits cleanly
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "serving 2 student(s): divk (" in out and "/export/int8/topk)" in out and "/export/onnx/divk)" in out
+    assert f"browser: http://127.0.0.1:{port}/" in out and "api_name='/predict'" in out
+    assert "no int8 export; serving fp32" in out
+
+
+@pytest.mark.browser
+def test_headless_chromium_types_clicks_and_reads_the_label(app, artifacts, tmp_path):
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium for this test")
+    from playwright.sync_api import expect, sync_playwright
+
+    url, clf = app
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+            box = page.locator("#text textarea")
+            box.fill(POSITIVE, timeout=60_000)
+            page.locator("#classify").click()
+            label = page.locator("#prediction [data-testid='label-output-value']")
+            expect(label).to_have_text(clf.predict([POSITIVE])[0], timeout=60_000)
+            assert label.inner_text() == "positive"
+            expect(page.locator("#prediction")).to_contain_text("%")  # the probabilities are listed
+            page.screenshot(path=str(artifacts / "serve_browser.png"), full_page=True)
+
+            # an empty box: the UI says why, and the next request works again
+            box.fill("")
+            page.locator("#classify").click()
+            toast = page.get_by_test_id("toast-text")
+            expect(toast).to_have_text("The text is empty: please type a sentence.", timeout=30_000)
+            page.wait_for_timeout(600)  # let the toast finish sliding in before the screenshot
+            page.screenshot(path=str(artifacts / "serve_browser_error.png"), full_page=True)
+            box.fill(POSITIVE)
+            page.locator("#classify").click()
+            expect(label).to_have_text("positive", timeout=60_000)
+        finally:
+            browser.close()
+    assert (artifacts / "serve_browser.png").stat().st_size > 10_000
