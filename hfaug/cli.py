@@ -116,6 +116,17 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """Library chatter (dataset save bars, weight-init notices) hides the stage bars and the summary."""
+    if verbose:
+        return
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -178,6 +189,7 @@ def _dispatch(args, extra: list[str]) -> int:
 
     from . import pipeline
 
+    quiet_libraries(args.verbose)
     if args.command == "run":
         run = pipeline.run_pipeline(recipe, force=args.force)
         print(pipeline.summary(run))
@@ -189,9 +201,8 @@ def _dispatch(args, extra: list[str]) -> int:
 
         print(dry_run(run))  # a few real requests and an estimate; no stage output is written
         return 0
-    options = {"dry_run": True} if getattr(args, "dry_run", False) else {}
-    start_manifest, skipped = pipeline.run_stage(run, args.command, force=args.force, options=options)
-    print(pipeline.summary(run, [(args.command, "skipped" if skipped else "ran", start_manifest, 0.0)]))
+    manifest, skipped = pipeline.run_stage(run, args.command, force=args.force)
+    print(pipeline.summary(run, [(args.command, "skipped" if skipped else "ran", manifest, 0.0)]))
     return 0
 
 

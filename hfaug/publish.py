@@ -706,8 +706,8 @@ def run_models(ctx: StageContext) -> StageResult:
 def reproduce(repo: str, revision: str = "main", output_dir: str | Path | None = None):
     """Download a published dataset's recipe.yaml (repo id or local layout) and rerun it in a clean folder.
 
-    The publish section is dropped, so a reproduction never pushes; the run's outputs are in
-    ``<output_dir>/<name>/``. Returns the :class:`~hfaug.runs.Run`.
+    The publish section is kept but made local, so a reproduction never pushes and its
+    ``<output_dir>/<name>/publish/hub-layout`` can be compared with the published copy. Returns the :class:`~hfaug.runs.Run`.
     """
     import yaml
 
@@ -723,7 +723,11 @@ def reproduce(repo: str, revision: str = "main", output_dir: str | Path | None =
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise HfaugError(f"reproduce: {RECIPE_FILE} of {repo}@{revision} is not a recipe mapping")
-    data.pop("publish", None)  # reproduce the data; never push it again
+    if not any(section in data for section in ("label", "select")):
+        data.pop("publish", None)  # nothing of this recipe's own would be published
+    elif isinstance(data.get("publish"), dict):
+        # rebuild the published layout locally (to compare with the Hub copy); never push again
+        data["publish"] = {**data["publish"], "repo_id": None, "local_dir": None, "tag": None}
     safe = re.sub(r"[^\w.\-]+", "-", f"{repo}-{revision}").strip("-")
     out = Path(output_dir) if output_dir else Path("reproduce") / safe
     if out.exists() and any(out.iterdir()):

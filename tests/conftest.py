@@ -18,6 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the fake Hub token of the tests: never a real one, and scanned for in every output
+TOKEN = "hf_testTOKENs3cr3tValue0123456789"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
@@ -53,3 +55,35 @@ def demo_recipe(tmp_path):
     data = yaml.safe_load(find_recipe("demo").read_text())
     data["output_dir"] = str(tmp_path / "runs")
     return data
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A Hub on 127.0.0.1, with the clients pointed at it (their import-time constants patched)."""
+    import datasets
+    import huggingface_hub.constants as hf_constants
+    import huggingface_hub.file_download
+
+    from hub_server import HubServer
+
+    server = HubServer().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", server.url)
+    template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(huggingface_hub.file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)  # imported by name
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", server.url)
+    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", server.url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+    monkeypatch.setattr(datasets.config, "USE_PARQUET_EXPORT", False)  # no datasets-server here
+    yield server
+    server.stop()

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from hub_server import HubServer, validate_card
+from hub_server import validate_card
 
 from hfaug import cli, pipeline
 from hfaug.config import load_recipe
 from hfaug.errors import HfaugError
 from hfaug.runs import Run, StageResult, execute
 
-TOKEN = "hf_testTOKENs3cr3tValue0123456789"
+from conftest import TOKEN
 REPO = "tester/hfaug-demo"
 PLANTED = "sk-planted-secret-42"
 
@@ -48,36 +48,6 @@ class FakeSelect:
 
 # ---------------------------------------------------------------------------------------------
 # fixtures
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A Hub on 127.0.0.1, with the clients pointed at it (their import-time constants patched)."""
-    import datasets
-    import huggingface_hub.constants as hf_constants
-    import huggingface_hub.file_download
-
-    server = HubServer().start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(hf_constants, "ENDPOINT", server.url)
-    template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
-    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setattr(huggingface_hub.file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)  # imported by name
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", server.url)
-    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", server.url + "/datasets/{repo_id}/resolve/{revision}/{path}")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
-    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
-    monkeypatch.setattr(datasets.config, "USE_PARQUET_EXPORT", False)  # no datasets-server here
-    yield server
-    server.stop()
 
 
 @pytest.fixture
