@@ -34,10 +34,10 @@ _LAZY = {
 __all__ = ["run", "__version__", *_STAGE_MODULES, *_LAZY]
 
 if TYPE_CHECKING:
-    from .config import Recipe, load_recipe
-    from .errors import HfaugError
-    from .runs import Run
-    from .tasks import TASKS, get_task
+    from .config import Recipe, load_recipe  # noqa: F401
+    from .errors import HfaugError  # noqa: F401
+    from .runs import Run  # noqa: F401
+    from .tasks import TASKS, get_task  # noqa: F401
 
 
 def run(recipe, overrides=None, *, force: str | None = None):

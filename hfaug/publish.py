@@ -156,7 +156,6 @@ def _secrets() -> tuple[str, ...]:
 
 def collect(ctx: StageContext) -> dict[str, dict[str, "datasets.Dataset"]]:
     """{config: {split: Dataset}} from the select, label and translate-source outputs of a run."""
-    import datasets
 
     config: PublishConfig = ctx.config
     run, task = ctx.run, ctx.task

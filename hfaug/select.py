@@ -337,7 +337,6 @@ def random_keys(ids, seed: int) -> "np.ndarray":
     """``u ~ U[0, 1)`` per row from ``default_rng(seed)``, drawn in id order (input order does not
     matter). ``ids``: id strings or integer id ranks."""
     import numpy as np
-
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -383,7 +382,7 @@ def spherical_kmeans(x, n_clusters: int, seed: int, max_iter: int = 100, tol: fl
         k = len(means)
     labels = np.zeros(n, dtype=np.int64)
     iterations = 0
-    for iterations in range(1, max_iter + 1):
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is reported)
         unit = normalise(means)
         labels = np.asarray((x @ unit.T).argmax(axis=1), dtype=np.int64)
         onehot = np.zeros((n, k), dtype=x.dtype)
@@ -444,7 +443,6 @@ def diverse_order(classes, confidence, ids, embeddings, num_labels: int, *, n_cl
     import contextlib
 
     import numpy as np
-
     import pyarrow as pa
 
     classes = np.asarray(classes, dtype=np.int64)

@@ -719,7 +719,7 @@ def translate_datasets(parts: dict[str, "datasets.Dataset"], config: TranslateCo
     from .tasks import get_task
 
     task = get_task(task) if isinstance(task, str) else task
-    for name, ds in parts.items():
+    for ds in parts.values():
         schema.require_columns(ds, [schema.ID, *task.text_columns], stage)
     translators = open_translators(config, seed)  # refuses uncovered languages before any work
     langs = [_language(code, config) for code in config.languages]

@@ -63,7 +63,6 @@ def hub(tmp_path, monkeypatch):
     import datasets
     import huggingface_hub.constants as hf_constants
     import huggingface_hub.file_download
-
     from hub_server import HubServer
 
     server = HubServer().start()

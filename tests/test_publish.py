@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
+from conftest import TOKEN
 from hub_server import validate_card
 
 from hfaug import cli, pipeline
@@ -18,7 +18,6 @@ from hfaug.config import load_recipe
 from hfaug.errors import HfaugError
 from hfaug.runs import Run, StageResult, execute
 
-from conftest import TOKEN
 REPO = "tester/hfaug-demo"
 PLANTED = "sk-planted-secret-42"
 

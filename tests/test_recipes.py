@@ -70,3 +70,11 @@ def test_recipe_reference_documents_every_section():
                     "export", "evaluate", "serve", "adapt"):
         assert f"## {section}" in text
     assert "not available" not in text
+
+
+def test_docs_recipe_reference_is_current():
+    """docs/recipes.md is generated; `make docs` rewrites it after a config changes."""
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
+    assert docs.read_text(encoding="utf-8").rstrip("\n") == reference_markdown().rstrip("\n")

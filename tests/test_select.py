@@ -273,14 +273,14 @@ def test_spherical_kmeans_is_nltks_cosine_kmeans():
 
 def test_dynamics_equal_numpy_on_random_tensors():
     rng = np.random.default_rng(11)
-    for n, e, l in [(50, 5, 3), (7, 15, 3), (20, 2, 4)]:
-        p = rng.dirichlet(np.ones(l), size=(n, e))
+    for n, e, labels in [(50, 5, 3), (7, 15, 3), (20, 2, 4)]:
+        p = rng.dirichlet(np.ones(labels), size=(n, e))
         stats = datamaps.dynamics(p)
-        var = np.array([max(np.std([p[i, t, j] for t in range(e)]) for j in range(l)) for i in range(n)])
-        conf = np.array([max(np.mean([p[i, t, j] for t in range(e)]) for j in range(l)) for i in range(n)])
+        var = np.array([max(np.std([p[i, t, j] for t in range(e)]) for j in range(labels)) for i in range(n)])
+        conf = np.array([max(np.mean([p[i, t, j] for t in range(e)]) for j in range(labels)) for i in range(n)])
         assert np.allclose(stats.variability, var) and np.allclose(stats.mean_confidence, conf)
         assert (stats.final_class == p[:, -1].argmax(1)).all()
-        gold = rng.integers(0, l, n)
+        gold = rng.integers(0, labels, n)
         g = datamaps.gold_dynamics(p, gold)
         assert np.allclose(g.confidence, [p[i, :, gold[i]].mean() for i in range(n)])
         assert np.allclose(g.variability, [np.sqrt(np.mean((p[i, :, gold[i]] - p[i, :, gold[i]].mean()) ** 2))

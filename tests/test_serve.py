@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_export import demo_rows, make_student  # the same tiny trained students
 
 from hfaug.export import export_onnx
 from hfaug.runs import Run, StageResult, execute
 from hfaug.serve import build_demo, launch, load_models, parse_models
 from hfaug.testing import tiny_model
-
-from test_export import demo_rows, make_student  # the same tiny trained students
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -139,9 +138,8 @@ def test_nli_app_takes_a_premise_and_a_hypothesis(onnx_models):
 def push_to_local_hub(folder: Path, repo_id: str, monkeypatch) -> str:
     """Upload ``folder`` as ``onnx/`` of a model repo on the test Hub; returns the server URL."""
     import huggingface_hub.constants as hf_constants
-    from huggingface_hub import HfApi
-
     from hub_server import HubServer
+    from huggingface_hub import HfApi
 
     server = HubServer().start()
     # the client's import-time constants, pointed at the test Hub for this upload

@@ -27,11 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import HfaugError
 from .. import schema
+from ..errors import HfaugError
 from .clean import CleanConfig, clean_text, duplicates
-from .prompts import (ALLOWED_FIELDS, DEFAULT_DOMAIN_MIX, DEFAULT_SENTIMENT_DOMAINS, TEMPLATES, Request,
-                      hypothesis_requests, premise_requests, sentiment_requests, template_fields, templates_for)
+from .prompts import (
+    ALLOWED_FIELDS,
+    DEFAULT_DOMAIN_MIX,
+    DEFAULT_SENTIMENT_DOMAINS,
+    TEMPLATES,
+    Request,
+    hypothesis_requests,
+    premise_requests,
+    sentiment_requests,
+    template_fields,
+    templates_for,
+)
 
 if TYPE_CHECKING:
     import datasets

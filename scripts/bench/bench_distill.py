@@ -68,8 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from transformers import (AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, XLMRobertaConfig,
-                              XLMRobertaForSequenceClassification)
+    from transformers import (
+        AutoTokenizer,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+    )
     from transformers.trainer_callback import PrinterCallback
     from transformers.utils import logging as hf_logging
 

@@ -92,7 +92,7 @@ def paper_style(rows: list, strategy: str, k: int, seed: int = 42) -> list:
         per_class[label].append((label, prob, var, conf, i, text))
     key = {"top-k": lambda t: t[1], "ambiguous": lambda t: t[2], "easy": lambda t: t[3]}.get(strategy)
     chosen, seen = [], {}
-    for label, members in per_class.items():
+    for members in per_class.values():
         if key is None:
             random.Random(seed).shuffle(members)
         else:
