@@ -283,7 +283,7 @@ def test_transformers_serve_openai_route(tiny, tmp_path):
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--force-model",
                              str(tiny["chat-lm"]), "--log-level", "error"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            stderr=(tmp_path / "serve.log").open("w"), env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         deadline = time.time() + 90
         while True:
@@ -297,9 +297,14 @@ def test_transformers_serve_openai_route(tiny, tmp_path):
                     pytest.fail("transformers serve did not start")
                 time.sleep(0.5)
         run = make_run(tmp_path, "sentiment", {"backend": "openai", "model": str(tiny["chat-lm"]), "endpoints": [url],
-                                               "n_per_class": 2, "max_new_tokens": 16, "concurrency": 2,
+                                               # `transformers serve` generates one request at a time
+                                               "n_per_class": 2, "max_new_tokens": 16, "concurrency": 1,
+                                               "max_retries": 1, "backoff": 0.1,
                                                "clean": {"min_chars": 1}})
-        manifest, _ = run_stage(run, "generate")
+        try:
+            manifest, _ = run_stage(run, "generate")
+        except Exception as e:  # show what the server said
+            pytest.fail(f"{e}\n--- transformers serve log ---\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
