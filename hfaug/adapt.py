@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import schema
-from .config import resolve
+from .config import lazy_attributes, resolve
 from .errors import HfaugError, did_you_mean
 from .runs import StageContext, StageResult, stable_hash, write_json_atomic
 
@@ -176,15 +176,7 @@ def _build_adapt_config():
     return AdaptConfig
 
 
-_LAZY = {"AdaptConfig": _build_adapt_config}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = _LAZY[name]()
-        globals()[name] = value  # built once; later lookups find it directly
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(globals(), {"AdaptConfig": _build_adapt_config})
 
 
 def _config_class():

@@ -102,6 +102,20 @@ def config_class(section: str) -> type:
 RUN_KEYS = [f.name for f in dataclasses.fields(RunConfig)]
 
 
+def lazy_attributes(namespace: dict, builders: dict[str, Any]):
+    """A module ``__getattr__`` building classes that subclass heavy packages' classes (e.g.
+    ``DistillConfig(TrainingArguments)``) on first access, so importing the module stays light."""
+
+    def __getattr__(name: str):
+        if name in builders:
+            value = builders[name]()
+            namespace[name] = value  # built once; later lookups find it directly
+            return value
+        raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
 

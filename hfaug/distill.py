@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import schema
+from .config import lazy_attributes
 from .errors import HfaugError, did_you_mean
 from .runs import StageContext, StageResult, stable_hash, write_json_atomic
 
@@ -257,41 +258,12 @@ def _build_soft_label_trainer():
     return SoftLabelTrainer
 
 
-_LAZY = {"DistillConfig": _build_distill_config, "SoftLabelTrainer": _build_soft_label_trainer}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = _LAZY[name]()
-        globals()[name] = value  # built once; later lookups find it directly
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(globals(), {"DistillConfig": _build_distill_config,
+                                           "SoftLabelTrainer": _build_soft_label_trainer})
 
 
 # ---------------------------------------------------------------------------------------------
 # data
-
-
-def _label_ids(dataset: "datasets.Dataset", column: str, task: "Task", where: str) -> list[int]:
-    """A label column as task label ids (ClassLabel in any name order, names, or ids)."""
-    import datasets
-
-    feature = dataset.features[column]
-    values = list(dataset[column])
-    if any(v is None for v in values):
-        raise HfaugError(f"{where}: {values.count(None)} rows have no '{column}'; it is written by the "
-                         f"{schema.WRITTEN_BY.get(column, 'an earlier')} stage")
-    if isinstance(feature, datasets.ClassLabel):
-        names = list(feature.names)
-        if sorted(names) != sorted(task.labels):
-            raise HfaugError(f"{where}: '{column}' labels {names} do not match the {task.name} labels {list(task.labels)}")
-        return [task.label2id[names[v]] for v in values]
-    if all(isinstance(v, str) for v in values):
-        return [task.label_id(v, where) for v in values]
-    bad = sorted({v for v in values if not isinstance(v, int) or not 0 <= v < task.num_labels}, key=str)
-    if bad:
-        raise HfaugError(f"{where}: '{column}' values {bad} are not ids of the {task.name} labels {list(task.labels)}")
-    return values
 
 
 def _soft_labels(dataset: "datasets.Dataset", task: "Task", where: str) -> list[list[float]]:
@@ -327,7 +299,7 @@ def mix(gold: "datasets.Dataset", synthetic: "datasets.Dataset | None", task: "T
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode must be one of {list(LABEL_MODES)}, got {label_mode!r}")
     schema.require_columns(gold, [*task.text_columns, schema.LABEL], "distill (gold rows)")
-    gold_labels = _label_ids(gold, schema.LABEL, task, "distill gold rows")
+    gold_labels = schema.label_ids(gold, task, "distill gold rows")
     eye = np.eye(task.num_labels, dtype=np.float32)
     columns: dict[str, list] = {c: list(gold[c]) for c in task.text_columns}
     columns[schema.LABEL] = gold_labels
@@ -341,7 +313,7 @@ def mix(gold: "datasets.Dataset", synthetic: "datasets.Dataset | None", task: "T
         schema.require_columns(synthetic, needed, "distill (synthetic rows)")
         if label_mode == "prompt":
             soft = None
-            hard = _label_ids(synthetic, schema.PROMPT_LABEL, task, "distill synthetic rows")
+            hard = schema.label_ids(synthetic, task, "distill synthetic rows", schema.PROMPT_LABEL)
         else:
             soft = _soft_labels(synthetic, task, "distill synthetic rows")
             hard = np.asarray(soft).argmax(1).tolist()

@@ -82,6 +82,33 @@ def require_columns(dataset: "datasets.Dataset", columns, stage: str) -> None:
         )
 
 
+def label_ids(dataset: "datasets.Dataset", task: "Task", where: str, column: str = LABEL) -> list[int]:
+    """A label column as the task's label ids: a ClassLabel with the task's names in any order,
+    label names, or ids. Anything else is a one-line user error listing both label sets."""
+    import datasets
+
+    feature = dataset.features[column]
+    values = list(dataset[column])
+    what = "labels" if column == LABEL else f"'{column}' labels"
+    if any(v is None for v in values):
+        raise HfaugError(f"{where}: {values.count(None)} rows have no '{column}'; it is written by the "
+                         f"{WRITTEN_BY.get(column, 'an earlier')} stage")
+    if isinstance(feature, datasets.ClassLabel):
+        names = list(feature.names)
+        if sorted(names) != sorted(task.labels):
+            raise HfaugError(f"{where}: {what} {names} do not match the {task.name} labels {list(task.labels)}")
+        return [task.label2id[names[v]] for v in values]
+    if all(isinstance(v, str) for v in values):
+        found = sorted(set(values))
+        if not set(found) <= set(task.labels):
+            raise HfaugError(f"{where}: {what} {found} do not match the {task.name} labels {list(task.labels)}")
+        return [task.label2id[v] for v in values]
+    bad = sorted({v for v in values if not isinstance(v, int) or not 0 <= v < task.num_labels}, key=str)
+    if bad:
+        raise HfaugError(f"{where}: {what} values {bad} are not ids of the {task.name} labels {list(task.labels)}")
+    return values
+
+
 def features(task: "Task", columns) -> "datasets.Features":
     """Typed features for the given contract columns: ClassLabel labels with the task's names,
     Sequence(float32) soft labels. Unknown columns are left out (the caller adds them)."""

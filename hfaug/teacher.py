@@ -79,29 +79,6 @@ class TeacherConfig:
 # data
 
 
-def label_ids(dataset: "datasets.Dataset", task: "Task", where: str) -> list[int]:
-    """The label column as task label ids. Names that are not the task's are a one-line user
-    error listing both sets; a ClassLabel with the same names in another order is remapped."""
-    import datasets
-
-    feature = dataset.features[schema.LABEL]
-    values = list(dataset[schema.LABEL])
-    if isinstance(feature, datasets.ClassLabel):
-        names = list(feature.names)
-        if sorted(names) != sorted(task.labels):
-            raise HfaugError(f"{where}: labels {names} do not match the {task.name} labels {list(task.labels)}")
-        return [task.label2id[names[v]] for v in values]
-    if all(isinstance(v, str) for v in values):
-        found = sorted(set(values))
-        if not set(found) <= set(task.labels):
-            raise HfaugError(f"{where}: labels {found} do not match the {task.name} labels {list(task.labels)}")
-        return [task.label2id[v] for v in values]
-    bad = sorted({v for v in values if not isinstance(v, int) or not 0 <= v < task.num_labels}, key=str)
-    if bad:
-        raise HfaugError(f"{where}: label values {bad} are not ids of the {task.name} labels {list(task.labels)}")
-    return list(values)
-
-
 def drop_empty(dataset: "datasets.Dataset", task: "Task") -> tuple["datasets.Dataset", int]:
     """Rows whose text (or premise/hypothesis) is empty are skipped; returns (kept, count)."""
     cols = list(task.text_columns)
@@ -258,7 +235,7 @@ def train_teacher(train: "datasets.Dataset", dev: "datasets.Dataset", config: Te
         ds, n_empty = drop_empty(ds, task)
         if n_empty:
             dropped[f"{split}.empty_text"] += n_empty
-        prepared[split] = (ds, label_ids(ds, task, f"teacher {split} data"))
+        prepared[split] = (ds, schema.label_ids(ds, task, f"teacher {split} data"))
     if len(prepared["train"][0]) == 0:
         raise HfaugError("teacher: the training data has no rows with text")
 

@@ -11,8 +11,9 @@ from hfaug import pipeline
 from hfaug.config import load_recipe
 from hfaug.errors import HfaugError
 from hfaug.runs import Run, StageResult, execute
+from hfaug.schema import label_ids
 from hfaug.tasks import get_task
-from hfaug.teacher import TeacherConfig, label_ids, train_teacher
+from hfaug.teacher import TeacherConfig, train_teacher
 
 SENTIMENT = get_task("sentiment")
 FAST = {"model": "hfaug://tiny/encoder", "epochs": 3, "learning_rate": 5e-3, "batch_size": 8,
