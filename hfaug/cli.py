@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .errors import HfaugError
@@ -45,16 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    # the same flags after the command (`hfaug run demo -q`); SUPPRESS keeps the defaults above
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run every stage of a recipe, skipping unchanged ones")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = command("run", help="run every stage of a recipe, skipping unchanged ones")
     p.add_argument("recipe", help="recipe path or packaged name (demo, paper/xnli-hi, ...)")
     p.add_argument("--force", metavar="STAGE", help="rerun STAGE and everything after it")
     p.add_argument("--output-dir", help="folder for run directories (recipe: output_dir)")
     p.add_argument("--name", help="run name (recipe: name)")
 
     for stage, help_text in STAGE_HELP.items():
-        p = sub.add_parser(stage, help=help_text)
+        p = command(stage, help=help_text)
         p.add_argument("--config", "-c", required=True, metavar="RECIPE", help="recipe path or packaged name")
         p.add_argument("--force", action="store_true", help="run even if unchanged")
         p.add_argument("--output-dir", help="folder for run directories (recipe: output_dir)")
@@ -68,19 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--tag", help="version tag; an existing one is never moved (publish.tag, default next vN)")
             p.add_argument("--repo-id", help="Hub dataset repo user/name (publish.repo_id)")
 
-    p = sub.add_parser("serve", help="serve a run's exported students in the Gradio app (the Space's code)")
+    p = command("serve", help="serve a run's exported students in the Gradio app (the Space's code)")
     p.add_argument("--config", "-c", required=True, metavar="RECIPE", help="recipe path or packaged name")
     p.add_argument("--port", type=int, help="port to listen on (recipe: serve.port, default 7860)")
     p.add_argument("--share", choices=["true", "false"], help="public gradio.live link (recipe: serve.share)")
     p.add_argument("--output-dir", help="folder for run directories (recipe: output_dir)")
     p.add_argument("--name", help="run name (recipe: name)")
 
-    p = sub.add_parser("reproduce", help="download a published dataset's recipe and rerun it in a clean folder")
+    p = command("reproduce", help="download a published dataset's recipe and rerun it in a clean folder")
     p.add_argument("repo", help="dataset repo id (user/name) or a local published folder")
     p.add_argument("--revision", default="main", help="tag, branch or commit (default: main)")
     p.add_argument("--output-dir", help="clean folder for the rerun (default: reproduce/<repo>-<revision>)")
 
-    p = sub.add_parser("recipes", help="list the packaged recipes")
+    p = command("recipes", help="list the packaged recipes")
     p.add_argument("--reference", action="store_true", help="print every recipe key with its type, default and help")
     return parser
 
@@ -202,7 +211,8 @@ def _dispatch(args, extra: list[str]) -> int:
         print(dry_run(run))  # a few real requests and an estimate; no stage output is written
         return 0
     manifest, skipped = pipeline.run_stage(run, args.command, force=args.force)
-    print(pipeline.summary(run, [(args.command, "skipped" if skipped else "ran", manifest, 0.0)]))
+    if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`, one summary
+        print(pipeline.summary(run, [(args.command, "skipped" if skipped else "ran", manifest, 0.0)]))
     return 0
 
 

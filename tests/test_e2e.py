@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,3 +155,29 @@ def test_reproduce_from_the_hub_yields_the_published_data(hub, tmp_path):
         rebuilt = datasets.load_dataset(str(layout), config, split="train")
         cols = ["id", "label", "soft_label"]
         assert sorted(zip(*(published[c] for c in cols))) == sorted(zip(*(rebuilt[c] for c in cols))), config
+
+
+def test_label_under_accelerate_launch_matches_one_process(tmp_path):
+    """`accelerate launch -m hfaug label` (2 CPU processes) writes the rows one process writes."""
+    import numpy as np
+
+    from hfaug.runs import Run
+
+    data = small_recipe(tmp_path)
+    for section in ("translate", "select", "publish", "distill"):
+        data.pop(section)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run = run_pipeline(load_recipe(str(path)))
+    single = run.load("label")
+    shutil.rmtree(run.cache_dir("label"))  # the two processes must compute, not read the cache
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29531"}
+    proc = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu",
+                           "--num_processes", "2", "-m", "hfaug", "label", "--config", str(path), "--force"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("label ") == 1  # one summary, from rank 0
+    both = Run(load_recipe(str(path))).load("label")
+    assert both["id"] == single["id"]
+    assert np.abs(np.array(both["soft_label"]) - np.array(single["soft_label"])).max() < 1e-5
+    assert not list((tmp_path / "small").glob(".label.tmp*"))
