@@ -78,6 +78,15 @@ class Recipe:
             return sections[name]
         raise AttributeError(name)
 
+    @property
+    def ref(self) -> str:
+        """How to name this recipe on the command line: a packaged name (``demo``) or its path."""
+        if not self.source_path:
+            return "<recipe>"
+        root = Path(str(resources.files("hfaug") / "recipes"))
+        path = Path(self.source_path).resolve()
+        return path.relative_to(root).with_suffix("").as_posix() if path.is_relative_to(root) else self.source_path
+
     def has(self, section: str) -> bool:
         return section in self.sections
 

@@ -323,7 +323,7 @@ def run(ctx: StageContext) -> StageResult:
     for name, folder in students.items():
         metrics[name] = export(folder, ctx.out_dir, config, texts=texts, pairs=pairs, name=name, rows_from=rows_from)
     variant = INT8_DIR if config.quantize else ONNX_DIR
-    recipe = ctx.recipe.source_path or "<recipe>"
+    recipe = ctx.recipe.ref
     return StageResult(rows_in=len(texts), metrics=metrics, extra={
         "students": sorted(students),
         "next": [f"ONNX students: {ctx.run.stage_dir(ctx.stage)}/{variant}/<name>/ (hfaug.predict.OnnxClassifier)",

@@ -120,7 +120,7 @@ class Run:
         if self.manifest(stage) is None:
             raise HfaugError(
                 f"stage '{stage}' has no output in {self.root}; run `hfaug {stage} --config "
-                f"{self.recipe.source_path or '<recipe>'}` (or `hfaug run`) first"
+                f"{self.recipe.ref}` (or `hfaug run`) first"
             )
         return self.stage_dir(stage)
 
