@@ -19,7 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the fake Hub token of the tests: never a real one, and scanned for in every output
-TOKEN = "hf_testTOKENs3cr3tValue0123456789"
+TOKEN = "hf_test-fake-token-s3cr3t-0123456789"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 

@@ -107,3 +107,23 @@ def test_labels_outside_the_task_list_both_sets(tmp_path, capsys):
     assert main(["source", "--config", str(path)]) == 0
     manifest = json.loads((tmp_path / "t" / "source" / "manifest.json").read_text())
     assert manifest["rows_out"]["train"] == 2 and manifest["dropped"] == {"empty_text": 1}
+
+
+def test_source_loads_a_hub_dataset_id_with_mappings(hub, tmp_path):
+    """The real load_dataset(repo_id) path, against the tests' Hub server."""
+    from conftest import TOKEN
+
+    names = ["neg", "neu", "pos"]
+    texts = ["a dull and slow film", "the museum opens at nine", "a bright and funny show", "a cold room"]
+    datasets.Dataset.from_dict(
+        {"sentence": texts, "gold": [0, 1, 2, 0]},
+        features=datasets.Features({"sentence": datasets.Value("string"), "gold": datasets.ClassLabel(names=names)}),
+    ).push_to_hub("tester/source-data", token=TOKEN)
+    recipe = load_recipe({
+        "name": "hub", "output_dir": str(tmp_path / "runs"),
+        "source": {"path": "tester/source-data", "columns": {"sentence": "text", "gold": "label"},
+                   "label_map": {"neg": "negative", "neu": "neutral", "pos": "positive"}, "dev_fraction": 0},
+    })
+    train = run_pipeline(recipe).load("source", "train")
+    got = {text: train.features["label"].int2str(label) for text, label in zip(train["text"], train["label"])}
+    assert got == {texts[0]: "negative", texts[1]: "neutral", texts[2]: "positive", texts[3]: "negative"}
