@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Recipe
+from .config import Recipe, to_dict
 from .errors import HfaugError, did_you_mean
 from .runs import Run, execute
 
@@ -27,6 +27,7 @@ class Stage:
     entry: str  # "module:function" taking a StageContext
     inputs: tuple[str, ...] = ()  # stages whose outputs it may read (absent ones are ignored)
     help: str = ""
+    reads: tuple[str, ...] = ()  # other recipe sections it reads: they enter its hash
 
 
 PIPELINE: tuple[Stage, ...] = (
@@ -48,7 +49,8 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("publish", "publish", "hfaug.publish:run", ("label", "translate-source", "select"),
           "push the selected data as a versioned Hub dataset repo (or a local folder)"),
     Stage("distill", "distill", "hfaug.distill:run", ("source", "translate-source", "select"),
-          "train students on source plus selected synthetic rows with soft labels"),
+          "train students on source plus selected synthetic rows with soft labels",
+          reads=("evaluate",)),  # its model cards carry the target-language metrics
     Stage("export", "export", "hfaug.export:run", ("source", "distill"),
           "export students to ONNX (optionally int8) behind a parity gate"),
     Stage("evaluate", "evaluate", "hfaug.evaluate:run", ("teacher", "distill", "export"),
@@ -99,8 +101,9 @@ def run_stage(run: Run, name: str, *, force: bool = False, options: dict | None 
     inputs = [i for i in stage.inputs if i in {s.name for s in planned(recipe)}]
     for dep in inputs:
         run.require(dep)
+    reads = {section: to_dict(recipe.sections[section]) for section in stage.reads if recipe.has(section)}
     return execute(run, name, stage_function(stage), recipe.sections[stage.section], inputs,
-                   force=force, options=options)
+                   force=force, options=options, reads=reads)
 
 
 def run_pipeline(recipe: Recipe, *, force: str | None = None, root: str | Path | None = None,

@@ -178,7 +178,7 @@ class StageContext:
         return self.run.require(stage)
 
 
-def stage_key(run: Run, stage: str, config: Any, inputs: list[str]) -> str:
+def stage_key(run: Run, stage: str, config: Any, inputs: list[str], reads: dict | None = None) -> str:
     """Hash of what determines a stage's output: its config, the task and seed, its inputs.
 
     Inputs enter through their manifests' ``run_id``, which changes each time an input stage
@@ -194,6 +194,7 @@ def stage_key(run: Run, stage: str, config: Any, inputs: list[str]) -> str:
         "task": run.recipe.run.task,
         "seed": run.recipe.run.seed,
         "inputs": upstream,
+        **({"reads": reads} if reads else {}),  # other recipe sections the stage reads
     })
 
 
@@ -203,9 +204,9 @@ def is_fresh(run: Run, stage: str, key: str) -> bool:
 
 
 def execute(run: Run, stage: str, fn, config: Any, inputs: list[str], *, force: bool = False,
-            options: dict | None = None) -> tuple[dict, bool]:
+            options: dict | None = None, reads: dict | None = None) -> tuple[dict, bool]:
     """Run one stage unless it is fresh; returns (manifest, skipped)."""
-    key = stage_key(run, stage, config, inputs)
+    key = stage_key(run, stage, config, inputs, reads)
     if not force and is_fresh(run, stage, key):
         logger.info("%s: unchanged, skipped", stage)
         return run.manifest(stage), True
