@@ -38,6 +38,7 @@ from . import schema
 from .config import lazy_attributes, resolve
 from .errors import HfaugError, did_you_mean
 from .runs import StageContext, StageResult, stable_hash, write_json_atomic
+from .training import quiet_progress
 
 if TYPE_CHECKING:
     import datasets
@@ -343,6 +344,7 @@ def adapt(source: "datasets.Dataset", config, task: "Task", out_dir: str | Path,
         processing_class=tokenizer,
         peft_config=config.lora_config(),
     )
+    quiet_progress(trainer)
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = {"pairs": len(pairs), **_loss_metrics(trainer.state.log_history, train_output)}
     if trainer.is_world_process_zero():

@@ -40,6 +40,7 @@ from . import schema
 from .config import lazy_attributes
 from .errors import HfaugError, did_you_mean
 from .runs import StageContext, StageResult, stable_hash, write_json_atomic
+from .training import load_for_fine_tuning, quiet_progress
 
 if TYPE_CHECKING:
     import datasets
@@ -404,26 +405,10 @@ class DistillOutput:
         return path
 
 
-def load_student(config, task: "Task"):
+def load_student(config, task: "Task", seed: int = 42):
     """(model, tokenizer): the pretrained base with a fresh head named with the task's labels."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from .config import resolve
-
-    path = resolve(config.model)
-    kwargs = {"revision": config.model_revision} if config.model_revision else {}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code, **kwargs)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=task.num_labels, id2label=task.id2label, label2id=task.label2id,
-            ignore_mismatched_sizes=True, trust_remote_code=config.trust_remote_code, **kwargs)
-    except OSError as e:
-        raise HfaugError(f"distill.model: cannot load '{config.model}': {str(e).splitlines()[0]}") from None
-    size = getattr(model.get_input_embeddings(), "num_embeddings", None)
-    if size is not None and len(tokenizer) > size:
-        raise HfaugError(f"distill.model '{config.model}': the tokenizer has {len(tokenizer)} tokens but the model "
-                         f"only {size} embeddings")
-    return model, tokenizer
+    return load_for_fine_tuning(config.model, task, "distill.model", seed=seed, revision=config.model_revision,
+                                trust_remote_code=config.trust_remote_code)
 
 
 def _accuracy(eval_pred) -> dict[str, float]:
@@ -464,7 +449,7 @@ def distill(gold: "datasets.Dataset", synthetic: "datasets.Dataset | None", conf
         dropped["dev.empty_text"] += n
         dev_rows = mix(dev, None, task, seed=seed) if len(dev) else None
 
-    model, tokenizer = load_student(config, task)
+    model, tokenizer = load_student(config, task, seed)
     train_ds = encode(train_rows, tokenizer, task, config.max_length)
     dev_ds = encode(dev_rows, tokenizer, task, config.max_length) if dev_rows is not None else None
     overrides: dict[str, Any] = {"seed": seed}
@@ -477,6 +462,7 @@ def distill(gold: "datasets.Dataset", synthetic: "datasets.Dataset | None", conf
         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
         compute_metrics=_accuracy if dev_ds is not None else None, callbacks=callbacks,
     )
+    quiet_progress(trainer)
     resume = None
     if not args.save_only_model and args.output_dir and Path(args.output_dir).is_dir():
         from transformers.trainer_utils import get_last_checkpoint

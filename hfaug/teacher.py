@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from . import schema
 from .errors import HfaugError, did_you_mean
 from .runs import StageContext, StageResult, write_json_atomic
+from .training import load_for_fine_tuning, quiet_progress
 
 if TYPE_CHECKING:
     import datasets
@@ -110,26 +111,6 @@ def _translated_splits(ctx: StageContext, languages: list[str]) -> tuple["datase
 
 # ---------------------------------------------------------------------------------------------
 # training
-
-
-def load_student_model(ref: str, task: "Task", where: str):
-    """(model, tokenizer) for fine-tuning ``ref`` on ``task``: a fresh head named with the task's
-    labels; a tokenizer that does not fit the model's embeddings is refused."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from .config import resolve
-    from .inference import check_tokenizer
-
-    path = resolve(ref)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=task.num_labels, id2label=task.id2label, label2id=task.label2id,
-            ignore_mismatched_sizes=True)
-    except OSError as e:
-        raise HfaugError(f"{where}: cannot load model '{ref}': {str(e).splitlines()[0]}") from None
-    check_tokenizer(tokenizer, model, f"{where} '{ref}'")
-    return model, tokenizer
 
 
 def _training_arguments(config: TeacherConfig, work_dir: Path, seed: int, has_dev: bool):
@@ -239,7 +220,7 @@ def train_teacher(train: "datasets.Dataset", dev: "datasets.Dataset", config: Te
     if len(prepared["train"][0]) == 0:
         raise HfaugError("teacher: the training data has no rows with text")
 
-    model, tokenizer = load_student_model(config.model, task, "teacher.model")
+    model, tokenizer = load_for_fine_tuning(config.model, task, "teacher.model", seed=seed)
 
     def encode(ds: "datasets.Dataset", labels: list[int]) -> "datasets.Dataset":
         cols = [list(ds[c]) for c in task.text_columns]
@@ -261,6 +242,7 @@ def train_teacher(train: "datasets.Dataset", dev: "datasets.Dataset", config: Te
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
                       compute_metrics=compute_metrics if dev_ds is not None else None, callbacks=[callback])
+    quiet_progress(trainer)
     trainer.train()
 
     best = callback.best or {}
