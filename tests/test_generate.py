@@ -552,3 +552,18 @@ def test_retry_after_from_the_server_is_honoured(tgi):
     outcome, elapsed = asyncio.run(go())
     assert outcome.stats["retry_http_429"] == 1 and len(outcome.results) == 1
     assert elapsed >= 0.6  # the backoff alone would have waited about a millisecond
+
+
+def test_held_out_rows_are_set_aside_before_the_pool_cap(tgi, tmp_path):
+    """The paper's split: shuffle, hold rows out, then cap the candidate pool."""
+    section = {"backend": "tgi", "endpoints": [tgi.url], "n_per_class": 6, "clean": {"min_chars": 1}}
+    full = make_run(tmp_path / "a", "sentiment", {**section, "max_rows": None})
+    run_stage(full, "generate")
+    everything = full.load("generate")["id"]
+    run = make_run(tmp_path / "b", "sentiment", {**section, "held_out": 4, "max_rows": 10})
+    manifest, _ = run_stage(run, "generate")
+    held, pool = run.load("generate", "held_out")["id"], run.load("generate")["id"]
+    assert len(held) == 4 and len(pool) == min(10, len(everything) - 4)
+    assert not set(held) & set(pool) and set(held) | set(pool) <= set(everything)
+    assert held == everything[:4]  # the same seeded shuffle: the first rows are held out
+    assert manifest["dropped"].get("over_max_rows", 0) == len(everything) - 4 - len(pool)

@@ -62,6 +62,7 @@ def test_paper_recipe_parses_and_resolves_offline(name, no_network):
         assert recipe.generate.premise_temperature == 1.7
     else:
         assert recipe.generate.temperature == 1.5 and recipe.generate.max_new_tokens == 256
+    assert (recipe.generate.held_out, recipe.generate.max_rows) == (10000, 130000)
 
 
 def test_recipe_reference_documents_every_section():

@@ -125,6 +125,8 @@ class GenerateConfig:
         "help": "Environment variable holding the server's token (read at run time, never logged)."})
     max_rows: int | None = field(default=130_000, metadata={
         "help": "Keep at most this many clean rows after a seeded shuffle (the paper's pool: 130,000); null: all."})
+    held_out: int = field(default=0, metadata={
+        "help": "Rows set aside after the shuffle, before max_rows, as dataset 'held_out' (the paper: 10,000)."})
     shuffle: bool = field(default=True, metadata={"help": "Shuffle the clean rows with the run seed."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
     llm_labels: bool = field(default=False, metadata={
@@ -143,6 +145,8 @@ class GenerateConfig:
                 raise ValueError(f"generate.{name} must be at least 1, got {getattr(self, name)}")
         if any(not isinstance(v, int) or v < 0 for v in self.n_by_label.values()):
             raise ValueError("generate.n_by_label must map labels to counts >= 0")
+        if self.held_out < 0:
+            raise ValueError(f"generate.held_out must be 0 or more, got {self.held_out}")
         if self.max_rows is not None and self.max_rows < 1:
             raise ValueError(f"generate.max_rows must be at least 1 (or null for all), got {self.max_rows}")
         if self.few_shot < 0:
@@ -364,6 +368,8 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
         import random
 
         random.Random(seed).shuffle(rows)
+    # the held-out rows come first, so raising max_rows later never moves a row between the two
+    held_out, rows = rows[:config.held_out], rows[config.held_out:]
     if config.max_rows is not None and len(rows) > config.max_rows:
         for row in rows[config.max_rows:]:
             raw_rows[row["_raw"]]["dropped"] = "over_max_rows"
@@ -373,6 +379,8 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
     data = _to_dataset(rows, task, backend)
     raw = _raw_dataset(raw_rows)
     outputs = {"data": data, "raw": raw}
+    if config.held_out:
+        outputs["held_out"] = _to_dataset(held_out, task, backend)
     llm_metrics = None
     if config.llm_labels and len(data):
         from .classify import aclassify
