@@ -203,15 +203,7 @@ def instruction_pairs(dataset: "datasets.Dataset", task: "Task", templates: dict
 
     schema.require_columns(dataset, [*task.text_columns, schema.LABEL], "adapt")
     templates = templates_for(task, templates)
-    feature = dataset.features[schema.LABEL]
-    labels = list(dataset[schema.LABEL])
-    if isinstance(feature, datasets.ClassLabel):
-        names = [feature.names[v] for v in labels]
-    else:
-        names = [v if isinstance(v, str) else task.labels[v] for v in labels]
-    unknown = sorted(set(names) - set(task.labels))
-    if unknown:
-        raise HfaugError(f"adapt: source labels {unknown} are not {task.name} labels {list(task.labels)}")
+    names = [task.labels[i] for i in schema.label_ids(dataset, task, "adapt")]
     columns = {c: list(dataset[c]) for c in task.text_columns}
     ids = list(dataset[schema.ID]) if schema.ID in dataset.column_names else [None] * len(dataset)
     dropped: Counter = Counter()

@@ -20,23 +20,6 @@ from .errors import HfaugError
 
 logger = logging.getLogger("hfaug")
 
-# kept in sync with hfaug.pipeline.PIPELINE (not imported here to keep --help light)
-STAGE_HELP = {
-    "source": "load the labelled source data (train/dev)",
-    "adapt": "LoRA-fine-tune the generator LLM on the source data (optional)",
-    "generate": "LLM-written English candidates, cleaned",
-    "translate-source": "translate the source data into the target languages",
-    "teacher": "fine-tune the teacher; one checkpoint per epoch",
-    "label": "teacher soft labels (and training dynamics) on the candidates",
-    "translate": "translate the labelled candidates into the target languages",
-    "select": "choose the subsets: random, top-k, div-k, ambiguous, easy, all",
-    "publish": "push the selected data as a versioned Hub dataset repo (or a local folder)",
-    "distill": "train students on source plus selected synthetic rows",
-    "export": "export students to ONNX behind a parity gate",
-    "evaluate": "accuracy and macro-F1 per target language",
-    "publish-model": "push the students as versioned Hub model repos",
-}
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -62,16 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="folder for run directories (recipe: output_dir)")
     p.add_argument("--name", help="run name (recipe: name)")
 
-    for stage, help_text in STAGE_HELP.items():
-        p = command(stage, help=help_text)
+    from .pipeline import PIPELINE  # light: no torch, transformers or datasets
+
+    for stage in PIPELINE:
+        p = command(stage.name, help=stage.help)
         p.add_argument("--config", "-c", required=True, metavar="RECIPE", help="recipe path or packaged name")
         p.add_argument("--force", action="store_true", help="run even if unchanged")
         p.add_argument("--output-dir", help="folder for run directories (recipe: output_dir)")
         p.add_argument("--name", help="run name (recipe: name)")
-        if stage == "generate":
+        if stage.name == "generate":
             p.add_argument("--dry-run", action="store_true",
                            help="send a few real requests and estimate tokens and time for the run")
-        if stage == "publish":
+        if stage.name == "publish":
             p.add_argument("--local-dir",
                            help="write the repo layout to this folder only, push nothing (publish.local_dir)")
             p.add_argument("--tag", help="version tag; an existing one is never moved (publish.tag, default next vN)")

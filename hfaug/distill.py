@@ -40,7 +40,7 @@ from . import schema
 from .config import lazy_attributes
 from .errors import HfaugError, did_you_mean
 from .runs import StageContext, StageResult, stable_hash, write_json_atomic
-from .training import load_for_fine_tuning, quiet_progress
+from .training import accuracy, load_for_fine_tuning, quiet_progress
 
 if TYPE_CHECKING:
     import datasets
@@ -308,9 +308,7 @@ def mix(gold: "datasets.Dataset", synthetic: "datasets.Dataset | None", task: "T
     columns[IS_GOLD] = [1] * len(gold)
     columns[schema.LANG] = list(gold[schema.LANG]) if schema.LANG in gold.column_names else ["en"] * len(gold)
     if synthetic is not None and len(synthetic):
-        needed = [*task.text_columns, schema.SOFT_LABEL]
-        if label_mode == "prompt":
-            needed = [*task.text_columns, schema.PROMPT_LABEL]
+        needed = [*task.text_columns, schema.PROMPT_LABEL if label_mode == "prompt" else schema.SOFT_LABEL]
         schema.require_columns(synthetic, needed, "distill (synthetic rows)")
         if label_mode == "prompt":
             soft = None
@@ -335,14 +333,6 @@ def mix(gold: "datasets.Dataset", synthetic: "datasets.Dataset | None", task: "T
     return datasets.Dataset.from_dict(columns, features=features).shuffle(seed=seed).flatten_indices()
 
 
-def _drop_empty(dataset: "datasets.Dataset", task: "Task") -> tuple["datasets.Dataset", int]:
-    keep = [i for i, row in enumerate(zip(*(dataset[c] for c in task.text_columns)))
-            if all(isinstance(t, str) and t.strip() for t in row)]
-    if len(keep) == len(dataset):
-        return dataset, 0
-    return dataset.select(keep), len(dataset) - len(keep)
-
-
 def encode(dataset: "datasets.Dataset", tokenizer, task: "Task", max_length: int) -> "datasets.Dataset":
     """Tokenized training rows: input_ids, attention_mask, labels, soft_labels, is_gold."""
     import datasets
@@ -360,16 +350,13 @@ def encode(dataset: "datasets.Dataset", tokenizer, task: "Task", max_length: int
 class Collator:
     """Pads input_ids/attention_mask to the batch's longest row; stacks every other column."""
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_token_id: int):
         self.pad_token_id = int(pad_token_id)
-        self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
         length = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         ids = torch.full((len(features), length), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(features), length), dtype=torch.long)
         for i, f in enumerate(features):
@@ -411,14 +398,6 @@ def load_student(config, task: "Task", seed: int = 42):
                                 trust_remote_code=config.trust_remote_code)
 
 
-def _accuracy(eval_pred) -> dict[str, float]:
-    import numpy as np
-
-    logits, labels = eval_pred
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
-
-
 def distill(gold: "datasets.Dataset", synthetic: "datasets.Dataset | None", config, task: "Task", *,
             dev: "datasets.Dataset | None" = None, seed: int = 42, callbacks: list | None = None) -> DistillOutput:
     """Train a student on ``gold`` rows plus ``synthetic`` rows; keep the best epoch on ``dev``.
@@ -435,17 +414,17 @@ def distill(gold: "datasets.Dataset", synthetic: "datasets.Dataset | None", conf
         raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
     seed = config.seed if config.seed is not None else seed
     dropped: Counter = Counter()
-    gold, n = _drop_empty(gold, task)
+    gold, n = schema.drop_empty(gold, task)
     dropped["gold.empty_text"] += n
     if synthetic is not None:
-        synthetic, n = _drop_empty(synthetic, task)
+        synthetic, n = schema.drop_empty(synthetic, task)
         dropped["synthetic.empty_text"] += n
     train_rows = mix(gold, synthetic, task, label_mode=config.label_mode, seed=seed)
     if len(train_rows) == 0:
         raise HfaugError("distill: no training rows (the gold and synthetic data are empty)")
     dev_rows = None
     if dev is not None and len(dev):
-        dev, n = _drop_empty(dev, task)
+        dev, n = schema.drop_empty(dev, task)
         dropped["dev.empty_text"] += n
         dev_rows = mix(dev, None, task, seed=seed) if len(dev) else None
 
@@ -460,7 +439,7 @@ def distill(gold: "datasets.Dataset", synthetic: "datasets.Dataset | None", conf
     trainer = trainer_cls(
         model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-        compute_metrics=_accuracy if dev_ds is not None else None, callbacks=callbacks,
+        compute_metrics=accuracy if dev_ds is not None else None, callbacks=callbacks,
     )
     quiet_progress(trainer)
     resume = None

@@ -17,7 +17,6 @@ source dev set, and nothing here feeds back into it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
@@ -175,8 +174,3 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(dropped=dropped, rows_in=sum(len(d) for d in test_sets.values()) + sum(dropped.values()),
                        metrics=metrics,
                        extra={"next": [f"results: {ctx.run.stage_dir(ctx.stage) / 'metrics.md'}"]})
-
-
-def read_metrics(folder: str | Path) -> dict:
-    """metrics.json of an evaluate stage folder."""
-    return json.loads((Path(folder) / "metrics.json").read_text(encoding="utf-8"))

@@ -309,8 +309,10 @@ def parity_rows(ctx: StageContext) -> tuple[list[str], list[str] | None, str]:
     n = ctx.config.parity_rows
     if n and len(rows) > n:
         rows = rows.shuffle(seed=ctx.seed).select(range(n))
-    columns = [list(rows[c]) for c in ctx.task.text_columns]
-    return columns[0], (columns[1] if ctx.task.is_pair else None), f"source {split} rows"
+    from .inference import task_inputs
+
+    texts, pairs = task_inputs(rows, ctx.task)
+    return texts, pairs, f"source {split} rows"
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -53,22 +53,7 @@ def _seed(*parts: Any) -> int:
 
 
 def _label_names(dataset: "datasets.Dataset", task: "Task", where: str) -> list[str]:
-    import datasets
-
-    feature = dataset.features[schema.LABEL]
-    values = list(dataset[schema.LABEL])
-    if isinstance(feature, datasets.ClassLabel):
-        names = [feature.names[v] for v in values]
-    elif all(isinstance(v, str) for v in values):
-        names = values
-    else:
-        if any(not isinstance(v, int) or not 0 <= v < task.num_labels for v in values):
-            raise HfaugError(f"{where}: label values are not ids of the {task.name} labels {list(task.labels)}")
-        names = [task.labels[v] for v in values]
-    unknown = sorted(set(names) - set(task.labels))
-    if unknown:
-        raise HfaugError(f"{where}: labels {unknown} are not {task.name} labels {list(task.labels)}")
-    return names
+    return [task.labels[i] for i in schema.label_ids(dataset, task, where)]
 
 
 class ShotSampler:

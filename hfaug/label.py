@@ -154,13 +154,6 @@ def score_rows(model_path: str, texts: list[str], pairs: list[str] | None, ids: 
     return np.concatenate(parts, axis=0)
 
 
-def dynamics(checkpoint_probs: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
-    """(variability, mean_confidence) from P[row, epoch, label] (PAPER.md, Selection)."""
-    variability = checkpoint_probs.std(axis=1).max(axis=1)
-    mean_confidence = checkpoint_probs.mean(axis=1).max(axis=1)
-    return variability.astype("float32"), mean_confidence.astype("float32")
-
-
 def label(dataset: "datasets.Dataset", config: LabelConfig, task: "Task", *, teacher_dir: str | Path | None = None,
           cache_dir: str | Path | None = None) -> tuple["datasets.Dataset", Counter]:
     """Soft-label ``dataset`` with the teacher; returns (labelled rows, dropped by reason).
@@ -171,17 +164,17 @@ def label(dataset: "datasets.Dataset", config: LabelConfig, task: "Task", *, tea
     import datasets
     import numpy as np
 
-    from .teacher import drop_empty
+    from .datamaps import dynamics
+    from .inference import task_inputs
 
     schema.require_columns(dataset, task.text_columns, "label")
     models = find_teacher(config, teacher_dir)
     dropped: Counter = Counter()
-    kept, n_empty = drop_empty(dataset, task)
+    kept, n_empty = schema.drop_empty(dataset, task)
     if n_empty:
         dropped["empty_text"] = n_empty
         kept = kept.flatten_indices()
-    texts = list(kept[task.text_columns[0]])
-    pairs = list(kept[task.text_columns[1]]) if task.is_pair else None
+    texts, pairs = task_inputs(kept, task)
     ids = list(kept[schema.ID]) if schema.ID in kept.column_names else \
         [schema.make_id(task.name, *row) for row in zip(texts, *([pairs] if pairs else []))]
     cache = Path(cache_dir) if cache_dir is not None else None
@@ -199,10 +192,11 @@ def label(dataset: "datasets.Dataset", config: LabelConfig, task: "Task", *, tea
                      for path in models.checkpoints]
         stacked = (np.stack(per_epoch, axis=1) if per_epoch
                    else np.zeros((len(texts), 0, task.num_labels), np.float32))
-        variability, mean_confidence = dynamics(stacked) if len(texts) else (np.zeros(0), np.zeros(0))
+        # PAPER.md: variability = max over labels of the std over epochs, confidence = max of the mean
+        stats = dynamics(stacked)
         columns[schema.CHECKPOINT_PROBS] = stacked.tolist()
-        columns[schema.VARIABILITY] = variability.tolist()
-        columns[schema.MEAN_CONFIDENCE] = mean_confidence.tolist()
+        columns[schema.VARIABILITY] = stats.variability.astype("float32").tolist()
+        columns[schema.MEAN_CONFIDENCE] = stats.mean_confidence.astype("float32").tolist()
     new = datasets.Dataset.from_dict(columns, features=schema.features(task, columns))
     base = kept.remove_columns([c for c in columns if c in kept.column_names])
     return datasets.concatenate_datasets([base, new], axis=1), dropped

@@ -92,7 +92,7 @@ def _enabled(recipe: Recipe, stage: Stage) -> bool:
     return bool(getattr(config, flag, True)) if flag else True
 
 
-def run_stage(run: Run, name: str, *, force: bool = False, options: dict | None = None) -> tuple[dict, bool]:
+def run_stage(run: Run, name: str, *, force: bool = False) -> tuple[dict, bool]:
     """Run one stage of ``run`` (its inputs must have run); returns (manifest, skipped)."""
     stage = get_stage(name)
     recipe = run.recipe
@@ -103,11 +103,10 @@ def run_stage(run: Run, name: str, *, force: bool = False, options: dict | None 
         run.require(dep)
     reads = {section: to_dict(recipe.sections[section]) for section in stage.reads if recipe.has(section)}
     return execute(run, name, stage_function(stage), recipe.sections[stage.section], inputs,
-                   force=force, options=options, reads=reads)
+                   force=force, reads=reads)
 
 
-def run_pipeline(recipe: Recipe, *, force: str | None = None, root: str | Path | None = None,
-                 only: list[str] | None = None) -> Run:
+def run_pipeline(recipe: Recipe, *, force: str | None = None, root: str | Path | None = None) -> Run:
     """Run every stage of the recipe in order, skipping the unchanged ones.
 
     ``force`` names a stage to rerun together with everything after it.
@@ -120,21 +119,17 @@ def run_pipeline(recipe: Recipe, *, force: str | None = None, root: str | Path |
         if force not in {s.name for s in stages}:
             raise HfaugError(f"--force {force}: the recipe does not run that stage")
     forcing = False
-    report = []
     for stage in stages:
-        if only and stage.name not in only:
-            continue
         forcing = forcing or stage.name == force
         start = time.perf_counter()
         manifest, skipped = run_stage(run, stage.name, force=forcing)
-        report.append((stage.name, "skipped" if skipped else "ran", manifest, time.perf_counter() - start))
-    run.report = report
+        run.report.append((stage.name, "skipped" if skipped else "ran", manifest, time.perf_counter() - start))
     return run
 
 
 def summary(run: Run, report: list | None = None) -> str:
     """A plain-text table of a run: stages, status, rows, drops, metrics and where things are."""
-    report = report if report is not None else getattr(run, "report", [])
+    report = report if report is not None else run.report
     lines = [f"hfaug run '{run.recipe.run.name}' ({run.recipe.run.task}) in {run.root}", ""]
     header = f"{'stage':<17} {'status':<8} {'rows in':>8} {'rows out':<34} {'dropped':<30} {'time':>7}"
     lines += [header, "-" * len(header)]

@@ -94,6 +94,8 @@ class Run:
         self.recipe = recipe
         self.root = Path(root) if root else Path(recipe.run.output_dir) / recipe.run.name
         self.root.mkdir(parents=True, exist_ok=True)
+        #: (stage, "ran" | "skipped", manifest, seconds) of the last run_pipeline, for the summary
+        self.report: list[tuple[str, str, dict, float]] = []
 
     @property
     def task(self) -> "Task":
@@ -153,7 +155,6 @@ class StageContext:
     stage: str
     config: Any
     out_dir: Path  # the temp folder that becomes <run>/<stage>/ on success
-    options: dict[str, Any] = field(default_factory=dict)  # CLI-only flags, e.g. dry_run
 
     @property
     def recipe(self) -> Recipe:
@@ -204,7 +205,7 @@ def is_fresh(run: Run, stage: str, key: str) -> bool:
 
 
 def execute(run: Run, stage: str, fn, config: Any, inputs: list[str], *, force: bool = False,
-            options: dict | None = None, reads: dict | None = None) -> tuple[dict, bool]:
+            reads: dict | None = None) -> tuple[dict, bool]:
     """Run one stage unless it is fresh; returns (manifest, skipped)."""
     key = stage_key(run, stage, config, inputs, reads)
     if not force and is_fresh(run, stage, key):
@@ -219,7 +220,7 @@ def execute(run: Run, stage: str, fn, config: Any, inputs: list[str], *, force: 
     if tmp.exists():
         shutil.rmtree(tmp)  # leftovers of a killed attempt; finished work lives in cache/
     tmp.mkdir(parents=True)
-    ctx = StageContext(run=run, stage=stage, config=config, out_dir=tmp, options=options or {})
+    ctx = StageContext(run=run, stage=stage, config=config, out_dir=tmp)
     logger.info("%s: running", stage)
     start = time.perf_counter()
     result: StageResult = fn(ctx)

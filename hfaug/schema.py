@@ -109,6 +109,15 @@ def label_ids(dataset: "datasets.Dataset", task: "Task", where: str, column: str
     return values
 
 
+def drop_empty(dataset: "datasets.Dataset", task: "Task") -> tuple["datasets.Dataset", int]:
+    """Rows whose text (or premise/hypothesis) is empty are skipped; returns (kept, count)."""
+    keep = [i for i, row in enumerate(zip(*(dataset[c] for c in task.text_columns)))
+            if all(isinstance(t, str) and t.strip() for t in row)]
+    if len(keep) == len(dataset):
+        return dataset, 0
+    return dataset.select(keep), len(dataset) - len(keep)
+
+
 def features(task: "Task", columns) -> "datasets.Features":
     """Typed features for the given contract columns: ClassLabel labels with the task's names,
     Sequence(float32) soft labels. Unknown columns are left out (the caller adds them)."""

@@ -54,6 +54,7 @@ Output datasets: ``{lang}-{short}-{k}`` (short: randk, topk, divk, ambk, easyk) 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -520,7 +521,6 @@ def embed_texts(texts: list[str], model_ref: str, *, batch_size: int = 64, devic
     once, and the result is cached in ``cache_dir`` under a hash of the model and the texts."""
     import numpy as np
 
-    from .config import resolve
 
     distinct = list(dict.fromkeys(texts))
     cache_path = None
@@ -534,14 +534,7 @@ def embed_texts(texts: list[str], model_ref: str, *, batch_size: int = 64, devic
             logger.info("embeddings from cache %s", cache_path)
             unique = np.load(cache_path)
             return _expand(unique, distinct, texts)
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise HfaugError("div-k needs sentence-transformers: pip install sentence-transformers") from None
-    try:
-        model = SentenceTransformer(resolve(model_ref), device=device)
-    except OSError as e:
-        raise HfaugError(f"select.embedder '{model_ref}' could not be loaded: {e}") from None
+    model = _embedder(model_ref, device)
     logger.info("embedding %d distinct texts with %s", len(distinct), model_ref)
     unique = model.encode(distinct, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
                           show_progress_bar=len(distinct) > 10 * batch_size).astype(np.float32)
@@ -550,6 +543,21 @@ def embed_texts(texts: list[str], model_ref: str, *, batch_size: int = 64, devic
         np.save(tmp, unique)
         os.replace(tmp, cache_path)
     return _expand(unique, distinct, texts)
+
+
+@functools.lru_cache(maxsize=2)
+def _embedder(model_ref: str, device: str | None):
+    """The sentence embedder, loaded once per process (select embeds every language with it)."""
+    from .config import resolve
+
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise HfaugError("div-k needs sentence-transformers: pip install sentence-transformers") from None
+    try:
+        return SentenceTransformer(resolve(model_ref), device=device)
+    except OSError as e:
+        raise HfaugError(f"select.embedder '{model_ref}' could not be loaded: {e}") from None
 
 
 def _expand(unique, distinct: list[str], texts: list[str]):
@@ -636,12 +644,6 @@ def _last_checkpoint(array, num_labels: int) -> "np.ndarray":
         raise HfaugError("select: a row has no checkpoint_probs; rerun the label stage with dynamics: true")
     last = array.flatten().take(pa.array(np.cumsum(lengths) - 1))
     return _nested_floats(last, num_labels, schema.CHECKPOINT_PROBS)
-
-
-def checkpoint_tensor(dataset: "datasets.Dataset", num_labels: int) -> "np.ndarray":
-    """``checkpoint_probs`` of a dataset as a ``[rows, checkpoints, labels]`` float64 array."""
-    return _nested_floats(arrow_table(dataset).column(schema.CHECKPOINT_PROBS).combine_chunks(), num_labels,
-                          schema.CHECKPOINT_PROBS)
 
 
 def select(dataset: "datasets.Dataset", config: SelectConfig | None = None, task: str | Task = "sentiment", *,

@@ -285,9 +285,7 @@ def serve(run: "Run", config: ServeConfig | None = None, *, block: bool = True) 
                       concurrency_limit=config.concurrency_limit, max_queue=config.max_queue,
                       title=config.title)
     demo.hfaug_models, demo.hfaug_pair = folders, run.task.is_pair  # for the CLI's summary
-    launch(demo, host=config.host, port=config.port, share=config.share, block=False)
-    if block:
-        demo.block_thread()
+    launch(demo, host=config.host, port=config.port, share=config.share, block=block)
     return demo
 
 

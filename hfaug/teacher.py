@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from . import schema
 from .errors import HfaugError, did_you_mean
 from .runs import StageContext, StageResult, write_json_atomic
-from .training import load_for_fine_tuning, quiet_progress
+from .training import accuracy, load_for_fine_tuning, quiet_progress
 
 if TYPE_CHECKING:
     import datasets
@@ -78,16 +78,6 @@ class TeacherConfig:
 
 # ---------------------------------------------------------------------------------------------
 # data
-
-
-def drop_empty(dataset: "datasets.Dataset", task: "Task") -> tuple["datasets.Dataset", int]:
-    """Rows whose text (or premise/hypothesis) is empty are skipped; returns (kept, count)."""
-    cols = list(task.text_columns)
-    keep = [i for i, row in enumerate(zip(*(list(dataset[c]) for c in cols)))
-            if all(isinstance(t, str) and t.strip() for t in row)]
-    if len(keep) == len(dataset):
-        return dataset, 0
-    return dataset.select(keep), len(dataset) - len(keep)
 
 
 def _translated_splits(ctx: StageContext, languages: list[str]) -> tuple["datasets.Dataset", "datasets.Dataset"]:
@@ -179,19 +169,19 @@ def _checkpoint_callback(out_dir: Path, tokenizer):
             return control
 
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-            accuracy = float(metrics["eval_accuracy"])
+            dev = float(metrics["eval_accuracy"])
             epoch = self.pending_epoch if self.pending_epoch is not None else round(state.epoch or 0.0, 3)
-            self.evaluations.append({"step": state.global_step, "epoch": epoch, "accuracy": accuracy})
+            self.evaluations.append({"step": state.global_step, "epoch": epoch, "accuracy": dev})
             if self.pending_epoch is not None:
-                self.epochs[self.pending_epoch - 1]["dev_accuracy"] = accuracy
+                self.epochs[self.pending_epoch - 1]["dev_accuracy"] = dev
                 self.pending_epoch = None
-            if self.best is None or accuracy > self.best["accuracy"]:
-                self.best = {"epoch": epoch, "step": state.global_step, "accuracy": accuracy}
+            if self.best is None or dev > self.best["accuracy"]:
+                self.best = {"epoch": epoch, "step": state.global_step, "accuracy": dev}
                 if state.is_world_process_zero:
                     model.save_pretrained(out_dir / BEST)
                     tokenizer.save_pretrained(out_dir / BEST)
             logger.info("teacher: step %d epoch %s dev accuracy %.4f (best %.4f)", state.global_step, epoch,
-                        accuracy, self.best["accuracy"])
+                        dev, self.best["accuracy"])
 
     return _CheckpointCallback()
 
@@ -204,7 +194,6 @@ def train_teacher(train: "datasets.Dataset", dev: "datasets.Dataset", config: Te
     Empty-text rows are skipped and counted in the returned ``dropped``.
     """
     import datasets
-    import numpy as np
     from transformers import DataCollatorWithPadding, Trainer
 
     out_dir = Path(out_dir)
@@ -213,7 +202,7 @@ def train_teacher(train: "datasets.Dataset", dev: "datasets.Dataset", config: Te
     prepared = {}
     for split, ds in (("train", train), ("dev", dev)):
         schema.require_columns(ds, [*task.text_columns, schema.LABEL], "teacher")
-        ds, n_empty = drop_empty(ds, task)
+        ds, n_empty = schema.drop_empty(ds, task)
         if n_empty:
             dropped[f"{split}.empty_text"] += n_empty
         prepared[split] = (ds, schema.label_ids(ds, task, f"teacher {split} data"))
@@ -232,16 +221,12 @@ def train_teacher(train: "datasets.Dataset", dev: "datasets.Dataset", config: Te
     if dev_ds is None:
         logger.warning("teacher: no dev rows; the last epoch is kept as best (no model selection)")
 
-    def compute_metrics(eval_pred):
-        logits, labels = eval_pred
-        return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
-
     work_dir = Path(work_dir) if work_dir else out_dir / ".trainer"
     args = _training_arguments(config, work_dir, seed, dev_ds is not None)
     callback = _checkpoint_callback(out_dir, tokenizer)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-                      compute_metrics=compute_metrics if dev_ds is not None else None, callbacks=[callback])
+                      compute_metrics=accuracy if dev_ds is not None else None, callbacks=[callback])
     quiet_progress(trainer)
     trainer.train()
 

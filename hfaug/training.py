@@ -34,6 +34,15 @@ def load_for_fine_tuning(ref: str, task: "Task", where: str, *, seed: int, revis
     return model, tokenizer
 
 
+def accuracy(eval_pred) -> dict[str, float]:
+    """The Trainer's ``compute_metrics`` for model selection: dev accuracy."""
+    import numpy as np
+
+    logits, labels = eval_pred
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
 def quiet_progress(trainer) -> None:
     """Keep the Trainer's progress bars but drop the log dicts it prints under them.
 

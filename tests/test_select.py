@@ -473,17 +473,6 @@ def test_word_counts_match_python_split():
     assert word_counts(pa.array(ascii_only)).tolist() == [2, 3, 0]
 
 
-def test_label_stage_dynamics_agree_with_the_data_maps():
-    label = pytest.importorskip("hfaug.label")
-    if not hasattr(label, "dynamics"):
-        pytest.skip("the label stage has no dynamics() yet")
-    p = np.random.default_rng(1).dirichlet(np.ones(3), size=(40, 6))
-    variability, mean_confidence = label.dynamics(p)
-    ours = datamaps.dynamics(p)
-    assert np.allclose(variability, ours.variability, atol=1e-6)
-    assert np.allclose(mean_confidence, ours.mean_confidence, atol=1e-6)
-
-
 @pytest.mark.parametrize("embed_column", [None, "pair"])
 def test_nli_div_k_with_the_tiny_embedder(tiny, tmp_path, embed_column):
     premises = ["the museum opens at nine every morning", "the train to the coast leaves from platform two",

@@ -504,9 +504,6 @@ def _raw_dataset(raw_rows: list[dict]) -> "datasets.Dataset":
 def run(ctx: "StageContext") -> "StageResult":
     from ..runs import StageResult
 
-    if ctx.options.get("dry_run"):
-        # the CLI calls dry_run() itself; reaching here means another caller passed the flag
-        raise HfaugError("generate --dry-run writes no output; call hfaug.generate.dry_run(run)")
     config = _with_adapt_stage(ctx)
     source = ctx.input("source", "train") if config.few_shot else None
     datasets_, dropped, metrics = generate(config, ctx.task, seed=ctx.seed, cache_dir=ctx.cache_dir, source=source)
