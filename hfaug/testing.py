@@ -174,7 +174,9 @@ def tiny_model(kind: str, root: str | Path | None = None) -> Path:
 
     if kind not in BUILDERS:
         raise HfaugError(f"unknown tiny model 'hfaug://tiny/{kind}'{did_you_mean(kind, BUILDERS)}")
-    digest = hashlib.sha256("\n".join(corpus()).encode()).hexdigest()[:8]
+    # the builders' own source is part of the key: a cache built by other code is never reused
+    builders = Path(__file__).read_text(encoding="utf-8")
+    digest = hashlib.sha256("\n".join([*corpus(), builders]).encode()).hexdigest()[:8]
     base = Path(root) if root else hfaug_home() / "tiny"
     path = base / f"{kind}-v{TINY_VERSION}-{digest}"
     if (path / "config.json").exists() or (path / "modules.json").exists():

@@ -1,15 +1,35 @@
 """Shared fixtures: an offline environment, tiny models, and recipes writing into tmp_path.
 
-Every test runs with HF_HUB_OFFLINE=1 and reaches only 127.0.0.1. Tiny models are built once
-into the hfaug cache (HFAUG_HOME) and loaded through the real from_pretrained.
+Every test runs with HF_HUB_OFFLINE=1 and reaches only 127.0.0.1. The whole session, and every
+process it starts, has homes of its own (HF_HOME, HFAUG_HOME, ...) in one temp folder, set here
+before any test module imports datasets or huggingface_hub (which read them once, at import): no
+cache, lock or login left on the machine by an earlier run can reach a test. Tiny models are built
+once per session into that HFAUG_HOME and loaded through the real from_pretrained.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import socket
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
+
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="hfaug-tests-"))
+atexit.register(shutil.rmtree, SESSION_HOME, ignore_errors=True)
+for _var, _sub in (("HF_HOME", "hf_home"), ("HF_DATASETS_CACHE", "hf_home/datasets"), ("HFAUG_HOME", "hfaug"),
+                   ("XDG_CACHE_HOME", "xdg"), ("MPLCONFIGDIR", "matplotlib"), ("GRADIO_TEMP_DIR", "gradio")):
+    os.environ[_var] = str(SESSION_HOME / _sub)
+# a distributed launcher's variables in the caller's shell would turn every stage into a non-main
+# rank (which writes nothing); proxies would take the tests' 127.0.0.1 requests elsewhere
+for _var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+             "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
+    os.environ.pop(_var, None)
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -18,9 +38,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 ROOT = Path(__file__).resolve().parents[1]
+# Each test has a timeout (pyproject: pytest-timeout); this caps the whole suite, so a machine on
+# which tests hang one after another still ends with the report of what hung, inside CI's time.
+BUDGET_S = float(os.environ.get("HFAUG_TEST_BUDGET_S", "2700"))
+_START = time.monotonic()
 #: the fake Hub token of the tests: never a real one, and scanned for in every output
 TOKEN = "hf_test-fake-token-s3cr3t-0123456789"
 ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)
@@ -86,3 +117,9 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "USE_PARQUET_EXPORT", False)  # no datasets-server here
     yield server
     server.stop()
+
+
+def pytest_runtest_setup(item):
+    if time.monotonic() - _START > BUDGET_S:
+        pytest.exit(f"the suite ran past its {BUDGET_S:.0f} s budget (HFAUG_TEST_BUDGET_S) before {item.nodeid}; "
+                    "the failures above say which tests hung", returncode=3)

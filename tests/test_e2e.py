@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 
 from hfaug import cli
 from hfaug.config import find_recipe, load_recipe
@@ -21,7 +22,7 @@ from hfaug.pipeline import planned, run_pipeline
 pytestmark = pytest.mark.slow
 
 
-def hfaug_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def hfaug_cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hfaug", *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -171,10 +172,11 @@ def test_label_under_accelerate_launch_matches_one_process(tmp_path):
     run = run_pipeline(load_recipe(str(path)))
     single = run.load("label")
     shutil.rmtree(run.cache_dir("label"))  # the two processes must compute, not read the cache
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29531"}
+    port = str(free_port())  # a fixed rendezvous port may still be held by an earlier launch
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": port}
     proc = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu",
-                           "--num_processes", "2", "-m", "hfaug", "label", "--config", str(path), "--force"],
-                          capture_output=True, text=True, timeout=600, env=env)
+                           "--num_processes", "2", "--main_process_port", port, "-m", "hfaug", "label",
+                           "--config", str(path), "--force"], capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("label ") == 1  # one summary, from rank 0
     both = Run(load_recipe(str(path))).load("label")

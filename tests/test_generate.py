@@ -272,14 +272,13 @@ def test_transformers_serve_openai_route(tiny, tmp_path):
     pytest.importorskip("openai", reason="`transformers serve` needs the 'openai' package (transformers[serving]: "
                                          "openai, fastapi, uvicorn, pydantic), not installed in this environment")
     import shutil
-    import socket
     import urllib.error
     import urllib.request
 
     exe = shutil.which("transformers") or str(Path(sys.executable).with_name("transformers"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from conftest import free_port
+
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--force-model",
                              str(tiny["chat-lm"]), "--log-level", "error"], stdout=subprocess.DEVNULL,

@@ -13,6 +13,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+from conftest import free_port
 
 from hfaug import pipeline, schema
 from hfaug.config import load_recipe, resolve
@@ -161,6 +162,7 @@ def test_reorder_to_task_by_name():
 
 
 SCRIPT = """
+import json
 import sys
 import datasets
 from hfaug.inference import process_state
@@ -172,7 +174,9 @@ out, dropped = label(pool, LabelConfig(dynamics=True, batch_size=4, chunk_size=1
                      teacher_dir=sys.argv[1])
 state = process_state()
 out.save_to_disk(f"{sys.argv[3]}-{state.process_index}")
-print("RANKS", state.process_index, state.num_processes, len(out), dict(dropped), flush=True)
+# a file per rank: two processes printing to one pipe can interleave their lines
+with open(f"{sys.argv[3]}-{state.process_index}.json", "w") as f:
+    json.dump({"rank": state.process_index, "world": state.num_processes, "rows": len(out)}, f)
 """
 
 
@@ -185,14 +189,15 @@ def test_two_processes_under_accelerate_give_the_same_rows_and_probabilities(tea
         {"id": ["e"], "text": [""], "prompt_label": ["neutral"]})])
     pool.save_to_disk(str(tmp_path / "pool"))
     accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29517"}
+    port = str(free_port())  # a fixed rendezvous port may still be held by an earlier launch
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": port}
     proc = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
                            str(script), str(teacher), str(tmp_path / "pool"), str(tmp_path / "multi")],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = sorted(line.split()[1:4] for line in proc.stdout.splitlines() if line.startswith("RANKS"))
-    assert ranks == [["0", "2", "60"], ["1", "2", "60"]]
+    ranks = [json.loads((tmp_path / f"multi-{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks == [{"rank": rank, "world": 2, "rows": 60} for rank in (0, 1)]
 
     single, dropped = label(pool, LabelConfig(dynamics=True), SENTIMENT, teacher_dir=teacher)
     assert dropped == {"empty_text": 1}

@@ -3,10 +3,10 @@ run, and a real headless Chromium (Debian's chromium driven by Playwright) click
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import free_port
 from test_export import demo_rows, make_student  # the same tiny trained students
 
 from hfaug.export import export_onnx
@@ -31,32 +32,46 @@ POSITIVE = "The staff were friendly and the room was spotless, a wonderful stay.
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def client(url: str):
     from gradio_client import Client
 
     return Client(url, verbose=False)
 
 
-def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+@contextlib.contextmanager
+def server_process(cmd: list[str], log: Path, stop: int = signal.SIGTERM, **popen):
+    """Start a server whose output goes to ``log`` (a pipe nobody reads fills up and blocks it).
+
+    On exit it is sent ``stop`` and, if still there after 60 s, killed: no server outlives its test.
+    """
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen)
+        try:
+            yield proc
+        finally:
+            proc.send_signal(stop)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"server did not stop within 60 s:\n{log.read_text()[-3000:]}") from None
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
     import httpx
 
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise AssertionError(f"server at {url} did not come up in {timeout}s")
+    raise AssertionError(f"server at {url} did not come up in {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -170,22 +185,20 @@ def test_space_metadata_and_app_run_as_deployed(onnx_models, tmp_path, monkeypat
     env.update({"HFAUG_MODELS": f"student={onnx_models['sentiment']}, hub=org/hi-student/onnx",
                 "HFAUG_MAX_CHARS": "50", "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "space-home"),
                 "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)})
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT / "spaces", env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "app.log"
     try:
-        url = f"http://127.0.0.1:{port}/"
-        wait_until_up(url, proc)
-        c = client(url)
-        local = c.predict(POSITIVE[:50], "student", api_name="/predict")
-        assert local["label"] in ("positive", "neutral", "negative")
-        assert c.predict(POSITIVE[:50], "hub", api_name="/predict") == local  # the same model, from the Hub
-        from gradio_client.exceptions import AppError
+        with server_process([sys.executable, "app.py"], log, cwd=ROOT / "spaces", env=env) as proc:
+            url = f"http://127.0.0.1:{port}/"
+            wait_until_up(url, proc, log)
+            c = client(url)
+            local = c.predict(POSITIVE[:50], "student", api_name="/predict")
+            assert local["label"] in ("positive", "neutral", "negative")
+            assert c.predict(POSITIVE[:50], "hub", api_name="/predict") == local  # the same model, from the Hub
+            from gradio_client.exceptions import AppError
 
-        with pytest.raises(AppError, match="the limit is 50"):
-            c.predict(POSITIVE, "student", api_name="/predict")
+            with pytest.raises(AppError, match="the limit is 50"):
+                c.predict(POSITIVE, "student", api_name="/predict")
     finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
         hub.stop()
 
 
@@ -211,18 +224,15 @@ def test_hfaug_serve_on_a_run(onnx_models, tmp_path, capsys):
     assert "no exported student 'top-k'" in capsys.readouterr().err
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "hfaug", "serve", "--config", str(recipe), "--port", str(port),
-                             "--share", "false"], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    try:
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "hfaug", "serve", "--config", str(recipe), "--port", str(port), "--share", "false"]
+    with server_process(cmd, log, stop=signal.SIGINT, cwd=tmp_path) as proc:  # Ctrl+C closes it cleanly
         url = f"http://127.0.0.1:{port}/"
-        wait_until_up(url, proc)
+        wait_until_up(url, proc, log)
         c = client(url)
         assert c.predict(POSITIVE, "topk", api_name="/predict")["label"] == "positive"
         assert c.predict(POSITIVE, "divk", api_name="/predict")["label"] == "positive"
-    finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl+C closes the server and exits cleanly
-        out, _ = proc.communicate(timeout=60)
+    out = log.read_text()
     assert proc.returncode == 0, out
     assert "serving 2 student(s): divk (" in out and "/export/int8/topk)" in out and "/export/onnx/divk)" in out
     assert f"browser: http://127.0.0.1:{port}/" in out and "api_name='/predict'" in out
@@ -241,7 +251,9 @@ def test_headless_chromium_types_clicks_and_reads_the_label(app, artifacts, tmp_
             str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+            # "networkidle": the app has fetched its config and wired its inputs, as a person waits for the
+            # page to finish loading; text typed before that is dropped by the frontend on a busy machine
+            page.goto(url, wait_until="networkidle", timeout=60_000)
             box = page.locator("#text textarea")
             box.fill(POSITIVE, timeout=60_000)
             page.locator("#classify").click()
