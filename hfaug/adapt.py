@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import string
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from . import schema
 from .config import lazy_attributes, resolve
 from .errors import HfaugError, did_you_mean
+from .prompts import check_templates, instruction, templates_for
 from .runs import StageContext, StageResult, stable_hash, write_json_atomic
 from .training import quiet_progress
 
@@ -52,44 +52,26 @@ ADAPT_JSON = "adapt.json"
 PAIRS = "pairs"
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-chat-hf"
 
-#: instruction templates: the generate stage's prompts (PAPER.md "Generation"), so the adapter
-#: learns what to answer to exactly the requests it will get. ``{label}`` is the label name;
-#: NLI templates also get ``{premise}``. "system" is the system turn ("" for none).
-SENTIMENT_TEMPLATES: dict[str, str] = {
-    "system": "You are a user who writes reviews. Write only the review, nothing before or after it.",
-    "positive": "Write a single review of at most two short sentences indicating positive sentiment.",
-    "negative": "Write a single review of at most two short sentences indicating negative sentiment.",
-    "neutral": "Write a fact-based, non-opinionated, very short general sentence. Use no emotional language.",
-}
-NLI_TEMPLATES: dict[str, str] = {
-    "system": "You write single short sentences. Write only the sentence, nothing before or after it.",
-    "entailment": 'Sentence: "{premise}"\nWrite one short sentence that is implied by the sentence above.',
-    "neutral": ('Sentence: "{premise}"\nWrite one short sentence that is related to the sentence above but is '
-                "neither implied nor contradicted by it."),
-    "contradiction": 'Sentence: "{premise}"\nWrite one short sentence that logically contradicts the sentence above.',
-}
-TEMPLATES = {"sentiment": SENTIMENT_TEMPLATES, "nli": NLI_TEMPLATES}
-TEMPLATE_KEYS = sorted({k for t in TEMPLATES.values() for k in t})
+#: the generate templates an adapter is trained on, per task: the system turn and one per label
+INSTRUCTION_KEYS = {"sentiment": ("system", "positive", "negative", "neutral"),
+                    "nli": ("hypothesis_system", "entailment", "neutral", "contradiction")}
+TEMPLATE_KEYS = sorted({k for keys in INSTRUCTION_KEYS.values() for k in keys})
 
 
-def templates_for(task: "Task", overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """The task's instruction templates with a recipe's overrides; a key or placeholder the task
-    does not have is a one-line user error."""
-    base = TEMPLATES.get(task.name)
-    if base is None:
+def instruction_templates(task: "Task", overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The generate stage's templates for ``task`` with ``overrides``; a key this task's
+    instructions do not use, or a placeholder its key may not use, is a one-line user error."""
+    keys = INSTRUCTION_KEYS.get(task.name)
+    if keys is None:
         raise HfaugError(f"adapt: no instruction templates for task '{task.name}'")
-    out = dict(base)
-    allowed = {"label", "premise"} if task.is_pair else {"label"}
-    for key, template in (overrides or {}).items():
-        if key not in base:
-            raise HfaugError(f"adapt.templates: '{key}' is not a {task.name} template key{did_you_mean(key, base)}")
-        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-        bad = sorted(names - (set() if key == "system" else allowed))
-        if bad:
-            raise HfaugError(f"adapt.templates.{key}: unknown placeholder {{{bad[0]}}}; allowed: "
-                             f"{', '.join('{' + a + '}' for a in sorted(allowed)) if key != 'system' else 'none'}")
-        out[key] = template
-    return out
+    for key in overrides or {}:
+        if key not in keys:
+            raise HfaugError(f"adapt.templates: '{key}' is not a {task.name} template key{did_you_mean(key, keys)}")
+    try:
+        check_templates(overrides or {})
+    except ValueError as e:
+        raise HfaugError(f"adapt.templates: {e}") from None
+    return templates_for(task.name, overrides)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,9 +106,10 @@ def _build_adapt_config():
             "help": "Modules that get LoRA weights: names (Llama: q_proj, k_proj, v_proj, o_proj, gate_proj, "
                     "up_proj, down_proj) or 'all-linear'. TGI serves adapters on the attention projections."})
         templates: dict[str, str] = field(default_factory=dict, metadata={
-            "help": "Override instruction templates by key: system, and one per label (sentiment: positive, "
-                    "negative, neutral; nli: entailment, neutral, contradiction, with {premise}). {label} is the "
-                    "label name. Defaults are the generate stage's prompts."})
+            "help": "Override, for training only, the generate templates the instructions are built from "
+                    "(sentiment: system, positive, negative, neutral; nli: hypothesis_system, entailment, "
+                    "neutral, contradiction). Empty: the recipe's generate.templates and generate.domains, so "
+                    "the adapter learns exactly the requests generate sends."})
         max_train_rows: int | None = field(default=None, metadata={
             "help": "Train on at most this many source rows (a seeded sample, balanced by class); null: all."})
         # SFTConfig / TrainingArguments defaults changed for LoRA and for the stage
@@ -154,6 +137,10 @@ def _build_adapt_config():
             for key in self.templates:
                 if key not in TEMPLATE_KEYS:
                     raise HfaugError(f"adapt.templates: unknown key '{key}'{did_you_mean(key, TEMPLATE_KEYS)}")
+            try:
+                check_templates(self.templates)
+            except ValueError as e:
+                raise HfaugError(f"adapt.templates: {e}") from None
             if self.hub_token or getattr(self, "push_to_hub_token", None):
                 raise HfaugError("adapt.hub_token must not be in a recipe: log in with `hf auth login` or set HF_TOKEN")
             if self.bf16 is None and not self.fp16:
@@ -189,8 +176,13 @@ def _config_class():
 
 
 def instruction_pairs(dataset: "datasets.Dataset", task: "Task", templates: dict[str, str] | None = None,
-                      *, max_rows: int | None = None, seed: int = 42) -> tuple["datasets.Dataset", Counter]:
+                      *, domains: list[str] | None = None, max_rows: int | None = None,
+                      seed: int = 42) -> tuple["datasets.Dataset", Counter]:
     """Source rows as conversational prompt/completion pairs (TRL's prompt-completion format).
+
+    Each prompt is the request the generate stage sends for the row's label
+    (:func:`hfaug.prompts.instruction`, with ``templates`` over the defaults and the sentiment
+    ``domains``), and the completion is the row's own text.
 
     Returns (pairs, dropped): pairs has ``prompt`` (system + user messages), ``completion``
     (the assistant message: the source text, or the hypothesis for NLI), ``label`` and
@@ -202,7 +194,7 @@ def instruction_pairs(dataset: "datasets.Dataset", task: "Task", templates: dict
     import datasets
 
     schema.require_columns(dataset, [*task.text_columns, schema.LABEL], "adapt")
-    templates = templates_for(task, templates)
+    templates = instruction_templates(task, templates)
     names = [task.labels[i] for i in schema.label_ids(dataset, task, "adapt")]
     columns = {c: list(dataset[c]) for c in task.text_columns}
     ids = list(dataset[schema.ID]) if schema.ID in dataset.column_names else [None] * len(dataset)
@@ -229,15 +221,11 @@ def instruction_pairs(dataset: "datasets.Dataset", task: "Task", templates: dict
         dropped["over_max_train_rows"] += len(keep) - len(chosen)
         keep = sorted(chosen)
     out: dict[str, list] = {"prompt": [], "completion": [], "label": [], "source_id": []}
-    system = templates["system"]
     for i in keep:
         label = names[i]
-        if task.is_pair:
-            user = templates[label].format(label=label, premise=columns["premise"][i].strip())
-            answer = columns["hypothesis"][i].strip()
-        else:
-            user = templates[label].format(label=label)
-            answer = columns[task.text_columns[0]][i].strip()
+        premise = columns["premise"][i].strip() if task.is_pair else None
+        system, user = instruction(task.name, label, templates, domains=domains, premise=premise)
+        answer = columns[task.text_columns[-1]][i].strip()  # the text, or the hypothesis
         prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         out["prompt"].append(prompt)
         out["completion"].append([{"role": "assistant", "content": answer}])
@@ -283,8 +271,12 @@ def _loss_metrics(log_history: list[dict], train_output) -> dict[str, Any]:
 
 
 def adapt(source: "datasets.Dataset", config, task: "Task", out_dir: str | Path, *, seed: int = 42,
-          resume: bool = True) -> AdaptResult:
+          resume: bool = True, templates: dict[str, str] | None = None,
+          domains: list[str] | None = None) -> AdaptResult:
     """Fine-tune ``config.model`` with a LoRA adapter on ``source`` turned into instruction pairs.
+
+    ``templates`` and ``domains`` are the generate stage's (its recipe section's); ``config.templates``
+    overrides them for training.
 
     ``config`` is an :class:`AdaptConfig`; its ``output_dir`` holds the Trainer checkpoints (a
     later call with ``resume`` continues from the last one). The adapter, its tokenizer and a model
@@ -300,7 +292,8 @@ def adapt(source: "datasets.Dataset", config, task: "Task", out_dir: str | Path,
         raise TypeError(f"config must be an AdaptConfig, got {type(config).__name__}")
     out_dir = Path(out_dir)
     seed = config.seed if config.seed is not None else seed
-    pairs, dropped = instruction_pairs(source, task, config.templates, max_rows=config.max_train_rows, seed=seed)
+    pairs, dropped = instruction_pairs(source, task, {**(templates or {}), **config.templates}, domains=domains,
+                                       max_rows=config.max_train_rows, seed=seed)
     if len(pairs) == 0:
         raise HfaugError("adapt: the source train data has no usable rows (every text is empty); check source.path")
 
@@ -461,7 +454,9 @@ def run(ctx: StageContext) -> StageResult:
     # changed one starts afresh
     work = ctx.cache_dir / _work_key(ctx)
     args = _replace_dirs(config, work)
-    result = adapt(source, args, task, ctx.out_dir / ADAPTER, seed=ctx.seed)
+    generate = ctx.recipe.sections.get("generate")  # the requests the adapter will answer
+    result = adapt(source, args, task, ctx.out_dir / ADAPTER, seed=ctx.seed,
+                   templates=generate.templates if generate else None, domains=generate.domains if generate else None)
     lora = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
             "target_modules": config.lora_target_modules}
     data = f"the source data ({ctx.recipe.source.path})" if ctx.recipe.has("source") else "the source data"

@@ -98,14 +98,19 @@ def config_class(section: str) -> type:
     """Import the config dataclass of a stage section."""
     if section not in SECTIONS:
         raise HfaugError(f"unknown recipe section '{section}'{did_you_mean(section, [*SECTIONS, *RUN_KEYS])}")
-    module_name, cls_name = SECTIONS[section].split(":")
+    return import_entry(SECTIONS[section], section)
+
+
+def import_entry(entry: str, stage: str):
+    """The object named by ``"module:attribute"``, imported on first use (heavy stages stay unloaded)."""
+    module_name, attribute = entry.split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("hfaug"):
-            raise HfaugError(f"stage '{section}' is not available in this version of hfaug") from None
+            raise HfaugError(f"stage '{stage}' is not available in this version of hfaug") from None
         raise
-    return getattr(module, cls_name)
+    return getattr(module, attribute)
 
 
 RUN_KEYS = [f.name for f in dataclasses.fields(RunConfig)]

@@ -7,13 +7,12 @@ its recipe section is present; ``source`` is always there.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Recipe, to_dict
+from .config import Recipe, import_entry, to_dict
 from .errors import HfaugError, did_you_mean
 from .runs import Run, execute
 
@@ -27,13 +26,14 @@ class Stage:
     entry: str  # "module:function" taking a StageContext
     inputs: tuple[str, ...] = ()  # stages whose outputs it may read (absent ones are ignored)
     help: str = ""
-    reads: tuple[str, ...] = ()  # other recipe sections it reads: they enter its hash
+    reads: tuple[str, ...] = ()  # other recipe sections (or "section.key") it reads: they enter its hash
 
 
 PIPELINE: tuple[Stage, ...] = (
     Stage("source", "source", "hfaug.source:run", (), "load the labelled source data (train/dev)"),
     Stage("adapt", "adapt", "hfaug.adapt:run", ("source",),
-          "LoRA-fine-tune the generator LLM on the source data (optional)"),
+          "LoRA-fine-tune the generator LLM on the source data (optional)",
+          reads=("generate.templates", "generate.domains")),  # it trains on generate's requests
     Stage("generate", "generate", "hfaug.generate:run", ("source", "adapt"),
           "LLM-written English candidates, cleaned"),
     Stage("translate-source", "translate", "hfaug.translate:run_source", ("source",),
@@ -70,14 +70,7 @@ def get_stage(name: str) -> Stage:
 
 
 def stage_function(stage: Stage):
-    module_name, fn_name = stage.entry.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("hfaug"):
-            raise HfaugError(f"stage '{stage.name}' is not available in this version of hfaug") from None
-        raise
-    return getattr(module, fn_name)
+    return import_entry(stage.entry, stage.name)
 
 
 def planned(recipe: Recipe) -> list[Stage]:
@@ -101,9 +94,20 @@ def run_stage(run: Run, name: str, *, force: bool = False) -> tuple[dict, bool]:
     inputs = [i for i in stage.inputs if i in {s.name for s in planned(recipe)}]
     for dep in inputs:
         run.require(dep)
-    reads = {section: to_dict(recipe.sections[section]) for section in stage.reads if recipe.has(section)}
     return execute(run, name, stage_function(stage), recipe.sections[stage.section], inputs,
-                   force=force, reads=reads)
+                   force=force, reads=stage_reads(recipe, stage))
+
+
+def stage_reads(recipe: Recipe, stage: Stage) -> dict:
+    """The values of other recipe sections (or of single keys, "section.key") that ``stage``
+    reads: they enter its hash, so changing them reruns it and changing anything else does not."""
+    reads = {}
+    for read in stage.reads:
+        section, _, key = read.partition(".")
+        if recipe.has(section):
+            values = to_dict(recipe.sections[section])
+            reads[read] = values.get(key) if key else values
+    return reads
 
 
 def run_pipeline(recipe: Recipe, *, force: str | None = None, root: str | Path | None = None) -> Run:

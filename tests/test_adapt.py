@@ -35,6 +35,8 @@ def _recipe(root, task="sentiment", **adapt):
     path = f"hfaug://data/demo/{'sentiment' if task == 'sentiment' else 'nli'}_en.jsonl"
     return {"name": "adapt-test", "task": task, "seed": 7, "output_dir": str(root / "runs"),
             "source": {"path": path, "limit": 24, "dev_fraction": 0.0},
+            # the adapter trains on the requests this section will send
+            "generate": {"backend": "transformers", "model": "hfaug://tiny/chat-lm", "domains": ["hotels", "trains"]},
             "adapt": {**ADAPT_SECTION, **adapt}}
 
 
@@ -78,6 +80,10 @@ def test_cli_adapt_writes_adapter_and_lowers_loss(trained):
     assert metrics["steps"] == 24 and metrics["loss_first_step"] == 1 and metrics["loss_last_step"] == 24
     assert metrics["loss_last"] < metrics["loss_first"] - 0.1
     assert manifest["rows_out"] == {"pairs": 24}
+    import datasets
+
+    prompts = datasets.load_from_disk(str(stage / "pairs"))["prompt"]
+    assert all("reviews of hotels and trains" in p[0]["content"] for p in prompts)  # generate's system turn
     assert manifest["config"]["report_to"] == []
     info = json.loads((stage / "adapt.json").read_text())
     assert info["adapter"] == "adapter" and info["base_model"] == "hfaug://tiny/chat-lm"
@@ -155,6 +161,22 @@ def test_model_card_says_how_to_load_and_serve(trained):
 # config
 
 
+def test_adapt_reruns_when_the_generate_prompts_change_and_only_then(tmp_path):
+    from hfaug.config import load_recipe
+    from hfaug.pipeline import get_stage, stage_reads
+
+    def reads(**generate):
+        data = _recipe(tmp_path)
+        data["generate"].update(generate)
+        return stage_reads(load_recipe(data), get_stage("adapt"))
+
+    base = reads()
+    assert base["generate.domains"] == ["hotels", "trains"]
+    assert reads(n_per_class=500, temperature=0.3) == base  # how much is generated: not what was asked
+    assert reads(domains=["films"]) != base
+    assert reads(templates={"positive": "Praise a hotel."}) != base
+
+
 def test_config_through_recipe_is_typed_and_hash_stable():
     from hfaug.config import load_recipe, to_dict
     from hfaug.runs import stable_hash
@@ -191,42 +213,47 @@ def test_bad_adapt_section_exits_2_with_one_line(tmp_path, capsys, adapt, needle
 # instruction pairs
 
 
-def test_sentiment_pairs_ask_for_the_rows_label():
-    from hfaug.adapt import SENTIMENT_TEMPLATES, instruction_pairs
+def test_sentiment_pairs_ask_for_the_rows_label_as_generate_does():
+    from hfaug.adapt import instruction_pairs
+    from hfaug.prompts import sentiment_requests, templates_for
 
     task = get_task("sentiment")
     source = _source_train("sentiment", limit=30)
-    pairs, dropped = instruction_pairs(source, task)
+    domains = ["hotels", "trains"]
+    pairs, dropped = instruction_pairs(source, task, domains=domains)
     assert len(pairs) == 30 and not dropped
+    # the request generate sends for each label, built by generate's own code
+    sent = {r.label: r.chat for r in sentiment_requests(task.labels, 1, templates_for("sentiment"), domains, seed=0)}
+    assert "hotels and trains" in sent["positive"][0]["content"]
     for row, src in zip(pairs, source):
-        name = task.labels[src["label"]]
-        assert row["prompt"] == [{"role": "system", "content": SENTIMENT_TEMPLATES["system"]},
-                                 {"role": "user", "content": SENTIMENT_TEMPLATES[name]}]
+        assert row["prompt"] == sent[task.labels[src["label"]]]
         assert row["completion"] == [{"role": "assistant", "content": src["text"]}]
         assert row["label"] == src["label"] and row["source_id"] == src["id"]
 
 
 def test_nli_pairs_put_the_premise_in_the_prompt_and_max_rows_balances():
     from hfaug.adapt import instruction_pairs
+    from hfaug.prompts import hypothesis_requests, templates_for
 
     task = get_task("nli")
     source = _source_train("nli")
-    pairs, dropped = instruction_pairs(source, task, {"system": "", "neutral": "P: {premise} ({label})"},
-                                       max_rows=12, seed=3)
+    overrides = {"hypothesis_system": "", "neutral": "P: {premise} (neither)"}
+    pairs, dropped = instruction_pairs(source, task, overrides, max_rows=12, seed=3)
     assert len(pairs) == 12 and dropped["over_max_train_rows"] == len(source) - 12
     assert Counter(pairs["label"]) == {0: 4, 1: 4, 2: 4}
     by_id = {row["id"]: row for row in source}
+    templates = templates_for("nli", overrides)
     for row in pairs:
         src = by_id[row["source_id"]]
-        assert len(row["prompt"]) == 1 and src["premise"] in row["prompt"][0]["content"]
+        label = task.labels[row["label"]]
+        sent = {r.label: r.chat for r in hypothesis_requests([(0, "travel", src["premise"])], [label], templates, 0)}
+        assert row["prompt"] == sent[label] and len(row["prompt"]) == 1  # no system turn: it was emptied
         assert row["completion"][0]["content"] == src["hypothesis"]
-        if task.labels[row["label"]] == "neutral":
-            assert row["prompt"][0]["content"] == f"P: {src['premise']} (neutral)"
-        else:
-            assert "implied" in row["prompt"][0]["content"] or "contradicts" in row["prompt"][0]["content"]
+        if label == "neutral":
+            assert row["prompt"][0]["content"] == f"P: {src['premise']} (neither)"
     with pytest.raises(HfaugError, match="'positive' is not a nli template key"):
         instruction_pairs(source, task, {"positive": "x"})
-    with pytest.raises(HfaugError, match=r"unknown placeholder \{domain\}"):
+    with pytest.raises(HfaugError, match=r"template 'entailment' uses \{domain\}"):
         instruction_pairs(source, task, {"entailment": "{domain}"})
 
 

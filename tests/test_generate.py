@@ -24,8 +24,8 @@ from hfaug.config import load_recipe  # noqa: E402
 from hfaug.errors import HfaugError  # noqa: E402
 from hfaug.generate import CleanConfig, GenerateConfig, generate  # noqa: E402
 from hfaug.generate.clean import clean_text, duplicates  # noqa: E402
-from hfaug.generate.prompts import domain_for, premise_requests, templates_for  # noqa: E402
 from hfaug.pipeline import run_stage  # noqa: E402
+from hfaug.prompts import domain_for, premise_requests, templates_for  # noqa: E402
 from hfaug.runs import Run  # noqa: E402
 from hfaug.tasks import get_task  # noqa: E402
 

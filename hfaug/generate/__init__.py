@@ -29,19 +29,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .. import schema
 from ..errors import HfaugError
-from .clean import CleanConfig, clean_text, duplicates
-from .prompts import (
-    ALLOWED_FIELDS,
+from ..prompts import (
     DEFAULT_DOMAIN_MIX,
     DEFAULT_SENTIMENT_DOMAINS,
-    TEMPLATES,
     Request,
+    check_templates,
     hypothesis_requests,
     premise_requests,
     sentiment_requests,
-    template_fields,
     templates_for,
 )
+from .clean import CleanConfig, clean_text, duplicates
 
 if TYPE_CHECKING:
     import datasets
@@ -171,16 +169,7 @@ class GenerateConfig:
             raise ValueError("generate.domain_mix must map domains to non-negative shares with a positive sum")
         if not self.domains:
             raise ValueError("generate.domains must name at least one domain")
-        known = set(TEMPLATES["sentiment"]) | set(TEMPLATES["nli"])
-        for key, text in self.templates.items():
-            if key not in known:
-                from ..errors import did_you_mean
-
-                raise ValueError(f"unknown template key '{key}'{did_you_mean(key, known)}")
-            extra = template_fields(text) - ALLOWED_FIELDS.get(key, set())
-            if extra:
-                raise ValueError(f"template '{key}' uses {{{sorted(extra)[0]}}}; it may use only "
-                                 f"{sorted(ALLOWED_FIELDS.get(key, set())) or 'no placeholders'}")
+        check_templates(self.templates)
 
     def counts(self, task: "Task") -> dict[str, int]:
         """Sentiment generations per label; an unknown label in n_by_label is a user error."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import HfaugError
-from .prompts import Request
+from ..prompts import Request
 
 logger = logging.getLogger(__name__)
 

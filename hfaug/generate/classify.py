@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import schema
 from ..errors import HfaugError
-from .prompts import Request, request_seed
+from ..prompts import Request, request_seed
 
 if TYPE_CHECKING:
     import datasets

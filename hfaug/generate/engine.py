@@ -17,9 +17,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..prompts import Request
 from .backends import Backend, RequestError, classify_error
 from .cache import RequestCache, request_key
-from .prompts import Request
 
 logger = logging.getLogger(__name__)
 

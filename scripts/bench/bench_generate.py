@@ -46,7 +46,7 @@ def start_server(fault_rate: float = 0.0) -> tuple[subprocess.Popen, str]:
 
 
 def requests(n: int):
-    from hfaug.generate.prompts import Request
+    from hfaug.prompts import Request
 
     return [Request("review", "positive", i, (("user", f"Write review number {i}."),), 1000 + i) for i in range(n)]
 

@@ -1,5 +1,9 @@
 """The paper's prompts (PAPER.md "Generation") as package defaults, and the requests built from them.
 
+The generate stage sends these requests; the adapt stage trains the generator's LoRA adapter on
+the same instructions (:func:`instruction`), so the adapter learns to answer exactly what it is
+asked.
+
 A prompt is a list of chat messages (``[{"role": "system", ...}, {"role": "user", ...}]``); each
 backend turns it into what its server expects (a chat template, a TGI prompt string, or OpenAI
 messages). Recipes override any template by key (``generate.templates``); placeholders are
@@ -79,6 +83,29 @@ def template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
+def check_templates(templates: dict[str, str]) -> None:
+    """Raise ValueError for a template key no task has, or a placeholder its key may not use."""
+    from .errors import did_you_mean
+
+    known = set(SENTIMENT_TEMPLATES) | set(NLI_TEMPLATES)
+    for key, text in templates.items():
+        if key not in known:
+            raise ValueError(f"unknown template key '{key}'{did_you_mean(key, known)}")
+        extra = template_fields(text) - ALLOWED_FIELDS.get(key, set())
+        if extra:
+            raise ValueError(f"template '{key}' uses {{{sorted(extra)[0]}}}; it may use only "
+                             f"{sorted(ALLOWED_FIELDS.get(key, set())) or 'no placeholders'}")
+
+
+def instruction(task: str, label: str, templates: dict[str, str], *, domains: list[str] | None = None,
+                premise: str | None = None) -> tuple[str, str]:
+    """(system turn, user turn) that asks for one example of ``label``: a sentiment review (the
+    system turn names ``domains``) or an NLI hypothesis for ``premise``."""
+    if task == "nli":
+        return templates["hypothesis_system"], templates[label].format(premise=premise)
+    return templates["system"].format(domains=join_domains(domains or DEFAULT_SENTIMENT_DOMAINS)), templates[label]
+
+
 @dataclass(frozen=True)
 class Request:
     """One generation request: what is sent, and what the row will record."""
@@ -143,7 +170,7 @@ def sentiment_requests(labels, n_per_class: int | dict[str, int], templates: dic
                        seed: int, shots: Shots | None = None) -> list[Request]:
     """One prompt per class, ``n_per_class`` requests each (or a count per label), cycling
     through the classes as the authors did (so a crash mid-run leaves the classes balanced)."""
-    system = templates["system"].format(domains=join_domains(domains))
+    turns = {label: instruction("sentiment", label, templates, domains=domains) for label in labels}
     counts = n_per_class if isinstance(n_per_class, dict) else {label: n_per_class for label in labels}
     out = []
     for i in range(max(counts.values(), default=0)):
@@ -151,7 +178,8 @@ def sentiment_requests(labels, n_per_class: int | dict[str, int], templates: dic
             if i >= counts.get(label, 0):
                 continue
             meta: dict = {}
-            user = _with_shots(templates[label], shots, i * len(labels) + j, meta)
+            system, user = turns[label]
+            user = _with_shots(user, shots, i * len(labels) + j, meta)
             out.append(Request("review", label, i, _messages(system, user), request_seed(seed, "review", label, i),
                                meta))
     return out
@@ -176,7 +204,8 @@ def hypothesis_requests(premises: list[tuple[int, str, str]], labels, templates:
     for index, domain, premise in premises:
         for j, label in enumerate(labels):
             meta = {"domain": domain, "premise": premise}
-            user = _with_shots(templates[label].format(premise=premise), shots, index * len(labels) + j, meta)
-            out.append(Request("hypothesis", label, index, _messages(templates["hypothesis_system"], user),
+            system, user = instruction("nli", label, templates, premise=premise)
+            user = _with_shots(user, shots, index * len(labels) + j, meta)
+            out.append(Request("hypothesis", label, index, _messages(system, user),
                                request_seed(seed, "hypothesis", label, index), meta))
     return out
