@@ -121,20 +121,10 @@ def quantize_onnx(onnx_dir: str | Path, out_dir: str | Path, quantization: str =
 def torch_proba(student: str | Path, texts: list[str], pairs: list[str] | None = None, *,
                 max_length: int = 128, batch_size: int = 32) -> "np.ndarray":
     """Probabilities of the PyTorch student, batched exactly as :class:`~hfaug.predict.OnnxClassifier` does."""
-    import numpy as np
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from .inference import TorchClassifier
 
-    from .predict import length_sorted_batches
-
-    tokenizer = AutoTokenizer.from_pretrained(str(student))
-    model = AutoModelForSequenceClassification.from_pretrained(str(student)).eval()
-    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    with torch.inference_mode():
-        for idx, enc in length_sorted_batches(tokenizer, texts, pairs, max_length=max_length, batch_size=batch_size):
-            logits = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits
-            out[idx] = torch.softmax(logits.float(), dim=-1).numpy()
-    return out
+    return TorchClassifier(student, max_length=max_length, batch_size=batch_size, device="cpu").predict_proba(
+        texts, pairs)
 
 
 def parity(reference: "np.ndarray", probs: "np.ndarray") -> dict:

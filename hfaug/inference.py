@@ -84,8 +84,6 @@ class TorchClassifier:
         except OSError as e:
             raise HfaugError(f"cannot load classifier '{self.path}': {str(e).splitlines()[0]}") from None
         check_tokenizer(self.tokenizer, self.model, f"classifier '{self.path}'")
-        # pad() on pre-tokenized rows is the point here (tokenize once, pad per sorted batch)
-        getattr(self.tokenizer, "deprecation_warnings", {})["Asking-to-pad-a-fast-tokenizer"] = True
         self.device = default_device(device)
         self.model.to(self.device).eval()
         self.max_length = int(max_length)
@@ -93,36 +91,25 @@ class TorchClassifier:
         id2label = self.model.config.id2label
         self.labels: list[str] = [str(id2label[i]) for i in range(self.model.config.num_labels)]
 
-    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, list]:
-        """Tokenized rows (no padding), truncated to max_length (pairs: longest side first)."""
-        args = (list(texts),) if pairs is None else (list(texts), list(pairs))
-        return dict(self.tokenizer(*args, truncation=True, max_length=self.max_length, padding=False))
-
     def predict_proba(self, texts: list[str], pairs: list[str] | None = None) -> "np.ndarray":
         """Softmax probabilities, one row per input row, in input order (float32)."""
         import numpy as np
         import torch
         from tqdm.auto import tqdm
 
+        from .predict import length_sorted_batches
+
         texts = list(texts)
-        if pairs is not None and len(pairs) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
-        enc = self.encode(texts, pairs)
-        keys = [k for k in enc if k in ("input_ids", "attention_mask", "token_type_ids")]
-        lengths = [len(x) for x in enc["input_ids"]]
-        # longest first: the first batch shows at once whether memory suffices
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-        batches = range(0, len(order), self.batch_size)
+        batches = length_sorted_batches(self.tokenizer, texts, pairs, max_length=self.max_length,
+                                        batch_size=self.batch_size)
+        total = -(-len(texts) // self.batch_size)
         with torch.inference_mode():
-            for start in tqdm(batches, desc="classify", unit="batch", disable=len(batches) < 10, leave=False):
-                rows = order[start:start + self.batch_size]
-                # padded to this batch's longest row only (dynamic padding)
-                batch = self.tokenizer.pad([{k: enc[k][i] for k in keys} for i in rows], return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                logits = self.model(**batch).logits
+            for rows, enc in tqdm(batches, total=total, desc="classify", unit="batch", disable=total < 10,
+                                  leave=False):
+                logits = self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in enc.items()}).logits
                 out[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return out
 

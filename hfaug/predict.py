@@ -42,23 +42,27 @@ def read_labels(path: str | Path) -> list[str]:
 
 def length_sorted_batches(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, *,
                           max_length: int, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """Yield ``(row indices, numpy encodings)`` for batches of similar length.
+    """Yield ``(row indices, numpy encodings)`` for batches of similar length, longest first.
 
-    Sorting by token length before batching keeps padding (wasted compute) small; each batch is
-    padded only to its own longest row. Shared by the ONNX predictor and the export parity check,
-    so both runtimes see exactly the same inputs.
+    Each row is tokenized once (truncated to ``max_length``; pairs: longest side first) and each
+    batch is padded only to its own longest row, so sorting by length keeps padding (wasted
+    compute) small. Longest first: the first batch shows at once whether memory suffices. Shared
+    by the ONNX predictor, the PyTorch classifier (label, evaluate) and the export parity check,
+    so every runtime sees exactly the same inputs.
     """
     if pairs is not None and len(pairs) != len(texts):
         raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs; give one pair per text")
-    texts, pairs = list(texts), (list(pairs) if pairs is not None else None)
-    lengths = [len(ids) for ids in tokenizer(texts, pairs, truncation=True, max_length=max_length)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
+    args = (list(texts),) if pairs is None else (list(texts), list(pairs))
+    enc = tokenizer(*args, truncation=True, max_length=max_length)
+    keys = [k for k in enc if k in ("input_ids", "attention_mask", "token_type_ids")]
+    # pad() on pre-tokenized rows is the point here (tokenize once, pad per sorted batch)
+    getattr(tokenizer, "deprecation_warnings", {})["Asking-to-pad-a-fast-tokenizer"] = True
+    lengths = np.array([len(ids) for ids in enc["input_ids"]])
+    order = np.argsort(-lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch_pairs = [pairs[i] for i in idx] if pairs is not None else None
-        enc = tokenizer([texts[i] for i in idx], batch_pairs, padding=True, truncation=True,
-                        max_length=max_length, return_tensors="np")
-        yield idx, {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+        batch = tokenizer.pad([{k: enc[k][i] for k in keys} for i in idx], return_tensors="np")
+        yield idx, {k: np.asarray(v, dtype=np.int64) for k, v in batch.items()}
 
 
 class OnnxClassifier:
