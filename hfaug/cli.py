@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from .errors import HfaugError
 
@@ -119,6 +120,11 @@ def quiet_libraries(verbose: bool) -> None:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_error()
+    # notices every CPU training run or ONNX export repeats, which say nothing about this run (the
+    # export's parity gate is what checks the traced graph)
+    for message in ("'pin_memory' argument is set as true but no accelerator", "mtime may not be reliable",
+                    ".*might cause the trace to be incorrect", ".*registered as constants in the trace"):
+        warnings.filterwarnings("ignore", message=message)
 
 
 def main(argv: list[str] | None = None) -> int:

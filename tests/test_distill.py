@@ -70,11 +70,21 @@ def _loss(**kw):
                           temperature=T, **kw).item()
 
 
-def test_hand_values_are_the_formulas():
+def test_loss_of_each_row_is_the_formula():
+    # the formulas in plain Python (math, no torch), row by row
     ce = [-_log_softmax(z)[y] for z, y in zip(LOGITS, LABELS)]
     kl_paper = [_kl(q, _log_softmax([x / T for x in z])) for z, q in zip(LOGITS, SOFT)]
     tempered = [[qi ** (1 / T) / sum(qj ** (1 / T) for qj in q) for qi in q] for q in SOFT]
     kl_std = [T * T * _kl(q, _log_softmax([x / T for x in z])) for z, q in zip(LOGITS, tempered)]
+    for form, kl in (("paper", kl_paper), ("standard", kl_std)):
+        # each row alone (N = 1): a gold row takes CE, a synthetic row its form's KL
+        for i in range(4):
+            one = D.distill_loss(torch.tensor([LOGITS[i]]), torch.tensor([LABELS[i]]), torch.tensor([SOFT[i]]),
+                                 torch.tensor([IS_GOLD[i]]), temperature=T, loss_form=form).item()
+            assert one == pytest.approx(ce[i] if IS_GOLD[i] else kl[i], abs=1e-6), (form, i)
+        # the whole batch: the sum of the rows' terms over N = 4
+        assert _loss(loss_form=form) == pytest.approx((ce[0] + ce[2] + kl[1] + kl[3]) / 4, abs=1e-6), form
+    # the constants the other tests use are these formulas' values
     assert PAPER == pytest.approx((ce[0] + ce[2] + kl_paper[1] + kl_paper[3]) / 4, abs=1e-12)
     assert STANDARD == pytest.approx((ce[0] + ce[2] + kl_std[1] + kl_std[3]) / 4, abs=1e-12)
 
@@ -275,12 +285,37 @@ def test_student_learns_the_teacher_from_soft_labels(tmp_path, tiny_encoder):
         with torch.no_grad():
             return float((model(**enc).logits.argmax(-1).numpy() == teacher).mean())
 
+    from transformers import TrainerCallback
+
+    class Snapshots(TrainerCallback):
+        """The student's weights at each dev evaluation, keyed like dev_accuracy_by_epoch."""
+
+        def __init__(self):
+            self.weights = {}
+
+        def on_evaluate(self, args, state, control, model=None, **kwargs):
+            self.weights[str(round(state.epoch, 3))] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
     # the student's head is initialised from the seed, so this run is the same on every machine
     config = _config(tmp_path, eval_strategy="epoch", save_strategy="epoch", num_train_epochs=10.0)
-    out = D.distill(gold, synthetic, config, SENTIMENT, dev=dev, seed=0)
+    snapshots = Snapshots()
+    out = D.distill(gold, synthetic, config, SENTIMENT, dev=dev, seed=0, callbacks=[snapshots])
     assert agreement(out.model, out.tokenizer) >= 0.95
     assert out.metrics["synthetic_rows"] == 240 and out.metrics["gold_rows"] == 30
-    assert out.metrics["dev_accuracy"] == max(out.metrics["dev_accuracy_by_epoch"].values())
+    # the returned model's own dev accuracy, recomputed here, is the best of the per-epoch log
+    by_epoch = out.metrics["dev_accuracy_by_epoch"]
+    enc = out.tokenizer(dev_texts, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt")
+    with torch.no_grad():
+        dev_accuracy = float((out.model(**enc).logits.argmax(-1) == torch.tensor(dev["label"])).float().mean())
+    assert set(by_epoch) == set(snapshots.weights) and len(by_epoch) == 10
+    assert dev_accuracy == pytest.approx(max(by_epoch.values()), abs=1e-6)
+    assert dev_accuracy == pytest.approx(out.metrics["dev_accuracy"], abs=1e-6)
+    # and its weights are those of the reported best epoch; here the best is not the last epoch, so
+    # a student left at the end of training (best not loaded back) would fail this
+    best = str(round(out.metrics["best_epoch"], 3))
+    assert by_epoch[best] == max(by_epoch.values()) and best != list(snapshots.weights)[-1]
+    kept = out.model.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in snapshots.weights[best].items())
     untrained, tok = D.load_student(_config(tmp_path), SENTIMENT)
     assert agreement(untrained.eval(), tok) < 0.8  # the agreement is learnt, not given
 
@@ -354,8 +389,6 @@ def test_stage_trains_students_keeps_best_and_writes_card(tmp_path, tiny_encoder
     assert metrics["subset"]["lang"] == "hi" and metrics["subset"]["strategy"] == "topk"
     assert metrics["subset"]["budget_per_class"] == 5
     assert manifest["metrics"]["hi-topk-5"]["dev_accuracy"] == metrics["dev_accuracy"]
-    # the saved student is the best epoch by dev accuracy
-    assert metrics["dev_accuracy"] == max(metrics["dev_accuracy_by_epoch"].values())
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
@@ -363,6 +396,10 @@ def test_stage_trains_students_keeps_best_and_writes_card(tmp_path, tiny_encoder
     enc = tokenizer(list(dev["text"]), padding=True, truncation=True, max_length=128, return_tensors="pt")
     with torch.no_grad():
         accuracy = float((model(**enc).logits.argmax(-1) == torch.tensor(dev["label"])).float().mean())
+    # the saved student is the best epoch by dev accuracy: the saved model's own accuracy, recomputed,
+    # is the best in the per-epoch log, and is what metrics.json reports
+    assert len(metrics["dev_accuracy_by_epoch"]) == 3
+    assert accuracy == pytest.approx(max(metrics["dev_accuracy_by_epoch"].values()), abs=1e-6)
     assert accuracy == pytest.approx(metrics["dev_accuracy"], abs=1e-6)
     card = (folder / "README.md").read_text()
     assert "hfaug://tiny/encoder" in card and "hi-topk-5" in card and "topk" in card and "temperature" in card

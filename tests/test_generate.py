@@ -429,13 +429,21 @@ def test_llm_labels_constrained_answer_and_soft_labels(tgi, tmp_path, backend):
                                            "llm_labels": True, "model": "m"})
     manifest, _ = run_stage(run, "generate")
     data, labels = run.load("generate"), run.load("generate", "llm_labels")
-    assert labels["id"] == data["id"] and labels.features["llm_label"].names == ["negative", "neutral", "positive"]
+    names = ["negative", "neutral", "positive"]
+    assert labels["id"] == data["id"] and labels.features["llm_label"].names == names
     for row in labels:
-        probs = row["llm_soft_label"]
-        assert abs(sum(probs) - 1) < 1e-5 and max(probs) > 0.6  # from the server's log-probabilities
-        assert row["llm_label"] == probs.index(max(probs)) and row["llm_answer"] in ("negative", "neutral", "positive")
+        k = row["llm_label"]
+        assert row["llm_answer"] == names[k]  # the grammar-constrained answer is the hard label
+        # the server's top tokens give the answer -0.2 and option i -2 - i (tgi_server.constrained):
+        # renormalised over the labels in the task's order, which a permuted or one-hot label would miss
+        weights = [math.exp(-0.2 if i == k else -2.0 - i) for i in range(3)]
+        assert row["llm_soft_label"] == pytest.approx([w / sum(weights) for w in weights], abs=1e-6)
     stats = manifest["metrics"]["llm_labels"]
-    assert stats["from_logprobs"] == 12 and stats["unparsed"] == 0 and 0 <= stats["agreement_with_prompt_label"] <= 1
+    assert stats["from_logprobs"] == 12 and stats["unparsed"] == 0
+    # the agreement is the share of rows whose LLM label is the prompt's label, recounted by id
+    prompt_label = dict(zip(data["id"], data["prompt_label"]))
+    agree = [prompt_label[i] == v for i, v in zip(labels["id"], labels["llm_label"])]
+    assert stats["agreement_with_prompt_label"] == pytest.approx(sum(agree) / len(agree), abs=1e-4)
 
 
 def test_llm_labels_in_process_are_exact_label_probabilities(tiny):
@@ -448,7 +456,30 @@ def test_llm_labels_in_process_are_exact_label_probabilities(tiny):
     out, stats = classify(ds, get_task("sentiment"), TransformersBackend(str(tiny["chat-lm"]), threads=1),
                           progress=False)
     assert stats["from_logprobs"] == 2 and len(out) == 2
-    assert all(abs(sum(p) - 1) < 1e-5 for p in out["llm_soft_label"])
+    # each label's whole log-probability as the answer, one unpadded prompt at a time: the stage
+    # scores both (left-padded) prompts in one batch, so wrong positions or masks would show here
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hfaug.generate.classify import classification_requests
+
+    task = get_task("sentiment")
+    tok = AutoTokenizer.from_pretrained(tiny["chat-lm"])
+    model = AutoModelForCausalLM.from_pretrained(tiny["chat-lm"]).eval()
+    assert tok.chat_template
+    for request, probs, label in zip(classification_requests(ds, task), out["llm_soft_label"], out["llm_label"]):
+        prompt = tok(tok.apply_chat_template(request.chat, tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"]
+        scores = []
+        for name in task.labels:
+            answer = tok.encode(name, add_special_tokens=False)
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt + answer])).logits[0]
+            logp = torch.log_softmax(logits[len(prompt) - 1:-1].float(), dim=-1)
+            scores.append(float(sum(logp[j, t] for j, t in enumerate(answer))))
+        expected = torch.softmax(torch.tensor(scores, dtype=torch.float64), dim=0).tolist()
+        assert probs == pytest.approx(expected, rel=1e-3)  # relative: the small probabilities count too
+        assert label == max(range(3), key=expected.__getitem__)
     assert parse_answer("Positive.", ["negative", "neutral", "positive"]) == 2
     assert parse_answer("I think it is neutral", ["negative", "neutral", "positive"]) == 1
     assert parse_answer("no idea", ["negative", "neutral", "positive"]) == -1

@@ -68,6 +68,15 @@ def ids(ds) -> list[str]:
     return list(ds["id"])
 
 
+def brute_diversity(texts, embedder) -> float:
+    """mean_{i != j} (1 - cos(e_i, e_j)) over the texts' embeddings, pair by pair, with the
+    sentence-transformers model ``embedder`` called here (not through select's embedding cache)."""
+    e = embedder.encode(list(texts), convert_to_numpy=True).astype(np.float64)
+    u = e / np.linalg.norm(e, axis=1, keepdims=True)
+    n = len(u)
+    return float(np.mean([1 - u[i] @ u[j] for i in range(n) for j in range(n) if i != j]))
+
+
 def cfg(**kw) -> SelectConfig:
     kw.setdefault("figures", False)
     return SelectConfig(**kw)
@@ -212,10 +221,14 @@ def test_div_k_differs_from_top_k_when_clusters_are_uneven():
     # top-k would take three rows of cluster a; div-k alternates between the clusters
     rows = [("a1", POS, 0.99), ("a2", POS, 0.98), ("a3", POS, 0.97), ("b1", POS, 0.5), ("b2", POS, 0.4)]
     emb = np.array([[1, 0], [1, 0.01], [1, 0.02], [0, 1], [0.01, 1]], dtype=np.float32)
-    out = select(pool(rows), cfg(strategies=["div-k", "top-k"], budgets=[3], n_clusters=2, shortfall="fewer"),
-                 SENT, embeddings=emb).datasets
+    result = select(pool(rows), cfg(strategies=["div-k", "top-k"], budgets=[3], n_clusters=2, shortfall="fewer"),
+                    SENT, embeddings=emb)
+    out = result.datasets
     assert ids(out["hi-divk-3"]) == ["a1", "b1", "a2"]
     assert ids(out["hi-topk-3"]) == ["a1", "a2", "a3"]
+    # top-k's three rows point almost the same way (diversity near 0); div-k's span both directions
+    diversity = {name: m["diversity"] for name, m in result.metrics.items() if name != "pool"}
+    assert diversity["hi-topk-3"] < 0.01 and diversity["hi-divk-3"] > 0.3
 
 
 def test_diverse_order_orders_every_row_once():
@@ -424,10 +437,15 @@ def test_stage_in_a_run_writes_subsets_metrics_and_figures(tmp_path, tiny):
     assert set(manifest["rows_out"]) == expected
     assert manifest["rows_out"]["en-divk-10"] == 30 and "short" not in manifest["metrics"]["en-divk-10"]
     assert manifest["dropped"].get("duplicate", 0) == n - len(set(texts))
+    from sentence_transformers import SentenceTransformer
+
+    embedder = SentenceTransformer(str(tiny["embedder"]))
     for name in expected:
         metrics = manifest["metrics"][name]
         assert sum(metrics["labels"].values()) == manifest["rows_out"][name]
-        assert 0.0 <= metrics["diversity"] <= 2.0
+        # the diversity of the rows this subset saved, recomputed pair by pair
+        chosen = run.load("select", name)["text"]
+        assert metrics["diversity"] == pytest.approx(brute_diversity(chosen, embedder), abs=1e-5), name
     saved = run.load("select", "en-divk-10")
     assert saved.features["cluster"] == datasets.Value("int32")
     assert saved.features["label"].names == list(SENT.labels)
@@ -487,7 +505,12 @@ def test_nli_div_k_with_the_tiny_embedder(tiny, tmp_path, embed_column):
     result = select(ds, config, NLI, cache_dir=tmp_path)
     out = result.datasets["hi-divk-2"]
     assert len(out) == 6 and set(out["cluster"]) <= {0, 1}
-    assert 0.0 <= result.metrics["hi-divk-2"]["diversity"] <= 2.0
+    # the diversity of the chosen rows, over the column div-k embedded, recomputed pair by pair
+    texts = out["premise"] if embed_column is None else [f"{p}\t{h}" for p, h in zip(out["premise"], out["hypothesis"])]
+    from sentence_transformers import SentenceTransformer
+
+    embedder = SentenceTransformer(str(tiny["embedder"]))
+    assert result.metrics["hi-divk-2"]["diversity"] == pytest.approx(brute_diversity(texts, embedder), abs=1e-5)
     # one cached embedding file per embedded text set (premise vs premise + hypothesis)
     assert len(list(tmp_path.glob("embeddings-*.npy"))) == 1
 

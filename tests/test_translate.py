@@ -224,14 +224,17 @@ def test_long_texts_split_into_sentences_and_batches_sorted(tiny, monkeypatch):
     texts = [r["text"] for r in _rows("sentiment_en.jsonl", 12)]
     long_text = " ".join(texts[:6])
     rows = [{"id": schema.make_id("sentiment", t), "text": t, "label": 0} for t in [long_text, *texts[6:]]]
-    cfg = TranslateConfig(languages=["hi"], **{**FAST, "max_length": 48, "batch_size": 2})
-    out, _, metrics = translate(datasets.Dataset.from_list(rows), cfg, "sentiment", progress=False)
+    # no quality checks: no row is dropped, so the long row's join is always checked
+    cfg = TranslateConfig(languages=["hi"], **{**FAST, "max_length": 48, "batch_size": 2, "checks": []})
+    out, dropped, metrics = translate(datasets.Dataset.from_list(rows), cfg, "sentiment", progress=False)
     assert metrics["hi"]["split"] == 1
     assert long_text not in spy.texts and all(t in " ".join(spy.texts) for t in texts[:6])
     kept = {r["source_id"]: r["text"] for r in out["hi"]}
-    if rows[0]["id"] in kept:  # joined from its chunks' translations, in order
-        chunks = sorted((t for t in spy.texts if t in long_text), key=long_text.index)
-        assert kept[rows[0]["id"]] == " ".join(spy.outputs[("hin_Deva", c)] for c in chunks)
+    assert not dropped and set(kept) == {r["id"] for r in rows}
+    # joined from its chunks' translations, in order
+    chunks = sorted((t for t in spy.texts if t in long_text), key=long_text.index)
+    assert len(chunks) > 1
+    assert kept[rows[0]["id"]] == " ".join(spy.outputs[("hin_Deva", c)] for c in chunks)
     # length-sorted batches: each batch is no longer than the previous one
     from transformers import AutoTokenizer
 
