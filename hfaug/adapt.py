@@ -74,6 +74,14 @@ def instruction_templates(task: "Task", overrides: dict[str, str] | None = None)
     return templates_for(task.name, overrides)
 
 
+def training_templates(task: "Task", generate_templates: dict[str, str] | None,
+                       overrides: dict[str, str] | None) -> dict[str, str]:
+    """The templates an adapter trains on: the generate section's (only the keys these
+    instructions use: premise prompts are not trained on), then ``adapt.templates`` over them."""
+    inherited = {k: v for k, v in (generate_templates or {}).items() if k in INSTRUCTION_KEYS.get(task.name, ())}
+    return {**inherited, **(overrides or {})}
+
+
 # ---------------------------------------------------------------------------------------------
 # config (built lazily: it subclasses trl.SFTConfig)
 
@@ -292,8 +300,8 @@ def adapt(source: "datasets.Dataset", config, task: "Task", out_dir: str | Path,
         raise TypeError(f"config must be an AdaptConfig, got {type(config).__name__}")
     out_dir = Path(out_dir)
     seed = config.seed if config.seed is not None else seed
-    pairs, dropped = instruction_pairs(source, task, {**(templates or {}), **config.templates}, domains=domains,
-                                       max_rows=config.max_train_rows, seed=seed)
+    pairs, dropped = instruction_pairs(source, task, training_templates(task, templates, config.templates),
+                                       domains=domains, max_rows=config.max_train_rows, seed=seed)
     if len(pairs) == 0:
         raise HfaugError("adapt: the source train data has no usable rows (every text is empty); check source.path")
 

@@ -253,6 +253,13 @@ def test_nli_pairs_put_the_premise_in_the_prompt_and_max_rows_balances():
             assert row["prompt"][0]["content"] == f"P: {src['premise']} (neither)"
     with pytest.raises(HfaugError, match="'positive' is not a nli template key"):
         instruction_pairs(source, task, {"positive": "x"})
+    # the generate section's premise prompts are not trained on; adapt.templates wins over generate's
+    from hfaug.adapt import training_templates
+
+    generate = {"premise": "About {domain}.", "entailment": "E {premise}", "contradiction": "C {premise}"}
+    merged = training_templates(task, generate, {"contradiction": "c {premise}"})
+    assert merged == {"entailment": "E {premise}", "contradiction": "c {premise}"}
+    assert instruction_pairs(source, task, merged, max_rows=3)[0].num_rows == 3
     with pytest.raises(HfaugError, match=r"template 'entailment' uses \{domain\}"):
         instruction_pairs(source, task, {"entailment": "{domain}"})
 
