@@ -141,11 +141,19 @@ def test_nli_app_takes_a_premise_and_a_hypothesis(onnx_models):
         c = client(launch(demo, port=free_port()))
         params = c.view_api(return_format="dict", print_info=False)["named_endpoints"]["/predict"]["parameters"]
         assert [p["parameter_name"] for p in params] == ["premise", "hypothesis", "model"]
-        row = demo_rows("nli_en_dev")[0]
-        result = c.predict(row["premise"], row["hypothesis"], "nli-en", api_name="/predict")
-        assert result["label"] == models["nli-en"].predict([row["premise"]], [row["hypothesis"]])[0]
+        rows = demo_rows("nli_en_dev")
+        clf = models["nli-en"]
+        seen = []
+        # one premise, two hypotheses: the app's probabilities are the model's for that very pair
+        for hypothesis in (rows[0]["hypothesis"], rows[1]["hypothesis"]):
+            result = c.predict(rows[0]["premise"], hypothesis, "nli-en", api_name="/predict")
+            got = {item["label"]: item["confidence"] for item in result["confidences"]}
+            want = dict(zip(clf.labels, clf.predict_proba([rows[0]["premise"]], [hypothesis])[0]))
+            assert got == pytest.approx(want, abs=1e-6) and result["label"] == max(want, key=want.get)
+            seen.append(got)
+        assert seen[0] != seen[1]  # the hypothesis reaches the model
         with pytest.raises(AppError, match="The hypothesis is empty"):
-            c.predict(row["premise"], "", "nli-en", api_name="/predict")
+            c.predict(rows[0]["premise"], "", "nli-en", api_name="/predict")
     finally:
         demo.close()
 
