@@ -230,6 +230,18 @@ def test_dry_run_sends_a_few_requests_and_writes_nothing(tgi, tmp_path, capsys):
     assert "premises: 40 requests (10 more already cached)" in capsys.readouterr().out
 
 
+def test_dry_run_asks_what_the_run_asks_with_few_shot_prompts(tgi, tmp_path, capsys):
+    path = write_recipe(tmp_path, "sentiment", {"backend": "tgi", "endpoints": [tgi.url], "n_per_class": 2,
+                                                "few_shot": 1, "dry_run_requests": 1})
+    assert cli.main(["-q", "generate", "--config", path]) == 0
+    sent = tgi.stats()["requests"]
+    capsys.readouterr()
+    assert cli.main(["-q", "generate", "--config", path, "--dry-run"]) == 0
+    # the sample carries the run's few-shot examples, so every request is found in the cache
+    assert "reviews: 0 requests (6 more already cached)" in capsys.readouterr().out
+    assert tgi.stats()["requests"] == sent + 1
+
+
 def test_server_protocol_stream_and_list_routes(tgi):
     """The test server speaks TGI as huggingface_hub's client expects (the SSE stream included)."""
     import asyncio

@@ -494,8 +494,8 @@ def run(ctx: "StageContext") -> "StageResult":
     from ..runs import StageResult
 
     config = _with_adapt_stage(ctx)
-    source = ctx.input("source", "train") if config.few_shot else None
-    datasets_, dropped, metrics = generate(config, ctx.task, seed=ctx.seed, cache_dir=ctx.cache_dir, source=source)
+    datasets_, dropped, metrics = generate(config, ctx.task, seed=ctx.seed, cache_dir=ctx.cache_dir,
+                                           source=_shot_source(ctx, config))
     if config.adapter:
         metrics["adapter"] = str(config.adapter)
     requested = metrics["rows_requested"]
@@ -505,6 +505,11 @@ def run(ctx: "StageContext") -> "StageResult":
                      f"'dropped' column for why")
     return StageResult(datasets=datasets_, dropped=dropped, rows_in=requested, metrics=metrics,
                        extra={"next": hints} if hints else {})
+
+
+def _shot_source(ctx, config: GenerateConfig):
+    """The source rows few-shot examples are drawn from (None without few_shot)."""
+    return ctx.input("source", "train") if config.few_shot else None
 
 
 def _with_adapt_stage(ctx) -> GenerateConfig:
@@ -536,27 +541,31 @@ def _resolved(ref: str) -> str:
 
 def dry_run(run: "Run", config: GenerateConfig | None = None) -> str:
     """Send a few real requests per kind (nothing cached, no stage output written) and estimate
-    the tokens and time of the whole generation. Returns the report as text. The sample prompts
-    are zero-shot (few-shot blocks lengthen prompts, not generations)."""
+    the tokens and time of the whole generation. Returns the report as text. The requests are
+    the run's own: with the adapt stage's adapter and the few-shot examples it would use."""
+    from ..runs import StageContext
     from .backends import make_backend
     from .engine import RetryPolicy, run_requests, run_sync
 
-    config = config or run.recipe.sections["generate"]
+    ctx = StageContext(run=run, stage="generate", config=config or run.recipe.sections["generate"], out_dir=None)
+    config = _with_adapt_stage(ctx)
     task = run.task
     seed = run.recipe.run.seed
     templates = templates_for(task.name, config.templates)
+    shots = _shots(config, task, seed, _shot_source(ctx, config))
     backend = make_backend(config, model=config.model_ref)
     if hasattr(backend, "details"):
         backend.details = True  # token counts for the estimate
     n = config.dry_run_requests
     if task.name == "sentiment":
-        phases = [("reviews", sentiment_requests(task.labels, config.counts(task), templates, config.domains, seed),
-                   config.sampling("review"))]
+        phases = [("reviews", sentiment_requests(task.labels, config.counts(task), templates, config.domains, seed,
+                                                 shots and shots["review"]), config.sampling("review"))]
     else:
-        premises = premise_requests(config.n_premises, templates, config.domain_mix, seed)
+        premises = premise_requests(config.n_premises, templates, config.domain_mix, seed, shots and shots["premise"])
         fake = [(r.index, r.meta["domain"], "The museum opens at nine every morning.") for r in premises]
+        hypotheses = hypothesis_requests(fake, task.labels, templates, seed, shots and shots["hypothesis"])
         phases = [("premises", premises, config.sampling("premise")),
-                  ("hypotheses", hypothesis_requests(fake, task.labels, templates, seed), config.sampling("hypothesis"))]
+                  ("hypotheses", hypotheses, config.sampling("hypothesis"))]
 
     async def go():
         out = []
@@ -605,24 +614,15 @@ def dry_run(run: "Run", config: GenerateConfig | None = None) -> str:
 
 def _cached_counts(run: "Run", config: GenerateConfig, phases) -> list[int]:
     """How many of each phase's requests a previous run already cached (read only)."""
-    import sqlite3
-
+    from .cache import RequestCache
     from .engine import keys_for
 
     path = run.root / "cache" / "generate" / "requests.sqlite"
     if not path.is_file():
         return [0] * len(phases)
-    out = []
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        for _, requests, params in phases:
-            keys = keys_for(config.cache_model(), requests, params)
-            found = 0
-            for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
-                found += db.execute(f"SELECT COUNT(*) FROM requests WHERE status = 'ok' AND key IN "
-                                    f"({','.join('?' * len(chunk))})", chunk).fetchone()[0]
-            out.append(found)
-    return out
+    with RequestCache(path, readonly=True) as cache:
+        return [len(cache.get_many(keys_for(config.cache_model(), requests, params)))
+                for _, requests, params in phases]
 
 
 def _duration(seconds: float) -> str:

@@ -29,8 +29,11 @@ def request_key(model: str, messages, params: dict, seed: int) -> str:
 class RequestCache:
     """Finished requests by key. ``get`` returns only successful ones."""
 
-    def __init__(self, path: str | Path | None):
+    def __init__(self, path: str | Path | None, *, readonly: bool = False):
         self.path = str(path) if path else ":memory:"
+        if readonly:  # an existing cache, looked at without a write (generate --dry-run)
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            return
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
