@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -168,17 +169,22 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 }
 
 
+@lru_cache(maxsize=1)
+def _build_digest() -> str:
+    """What the tiny models are built from: the corpus and the builders' own source (so a cache
+    built by other code is never reused). Once per process: every hfaug://tiny/ reference asks."""
+    builders = Path(__file__).read_text(encoding="utf-8")
+    return hashlib.sha256("\n".join([*corpus(), builders]).encode()).hexdigest()[:8]
+
+
 def tiny_model(kind: str, root: str | Path | None = None) -> Path:
     """The folder of tiny model ``kind``, built on first use (atomically: tmp folder + rename)."""
     from .errors import HfaugError, did_you_mean
 
     if kind not in BUILDERS:
         raise HfaugError(f"unknown tiny model 'hfaug://tiny/{kind}'{did_you_mean(kind, BUILDERS)}")
-    # the builders' own source is part of the key: a cache built by other code is never reused
-    builders = Path(__file__).read_text(encoding="utf-8")
-    digest = hashlib.sha256("\n".join([*corpus(), builders]).encode()).hexdigest()[:8]
     base = Path(root) if root else hfaug_home() / "tiny"
-    path = base / f"{kind}-v{TINY_VERSION}-{digest}"
+    path = base / f"{kind}-v{TINY_VERSION}-{_build_digest()}"
     if (path / "config.json").exists() or (path / "modules.json").exists():
         return path
     tmp = base / f".{path.name}.tmp-{os.getpid()}"

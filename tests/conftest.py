@@ -25,9 +25,9 @@ for _var, _sub in (("HF_HOME", "hf_home"), ("HF_DATASETS_CACHE", "hf_home/datase
                    ("XDG_CACHE_HOME", "xdg"), ("MPLCONFIGDIR", "matplotlib"), ("GRADIO_TEMP_DIR", "gradio")):
     os.environ[_var] = str(SESSION_HOME / _sub)
 # a distributed launcher's variables in the caller's shell would turn every stage into a non-main
-# rank (which writes nothing); proxies would take the tests' 127.0.0.1 requests elsewhere
-for _var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-             "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
+# rank (which writes nothing); proxies would take the tests' 127.0.0.1 requests elsewhere (tokens:
+# the autouse fixture below)
+for _var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "HF_ENDPOINT"):
     os.environ.pop(_var, None)
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
 
