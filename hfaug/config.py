@@ -46,6 +46,12 @@ SECTIONS: dict[str, str] = {
 
 PACKAGE_PREFIX = "hfaug://"
 
+#: the two settings the paper ran, and the stage order hfaug had before it named them
+ENGLISH_TEACHER = "english-teacher"
+TRANSLATED_TEACHER = "translated-teacher"
+HYBRID = "hybrid"
+SETTINGS = (ENGLISH_TEACHER, TRANSLATED_TEACHER, HYBRID)
+
 
 @dataclass
 class RunConfig:
@@ -56,11 +62,22 @@ class RunConfig:
     seed: int = field(default=42, metadata={"help": "Seed for every random choice of the run."})
     output_dir: str = field(default="runs", metadata={"help": "Folder holding run directories."})
     description: str = field(default="", metadata={"help": "Free text, shown in cards."})
+    setting: str | None = field(default=None, metadata={
+        "help": "The paper's setting, which decides the stage order and inputs: 'english-teacher' (teacher, "
+                "labels, selection and student all on English; no translation) or 'translated-teacher' "
+                "(source and generations translated; the teacher is trained on the translated source and "
+                "labels the translated generations; selection and student on the translated text). "
+                "'hybrid' (not the paper's): the teacher labels English generations, the labels are copied "
+                "onto their translations, the student trains on English gold + translated synthetic rows. "
+                "Default: english-teacher without a translate section, hybrid with one (docs/fidelity.md)."})
 
     def __post_init__(self):
         from .tasks import get_task
 
         get_task(self.task)
+        if self.setting is not None and self.setting not in SETTINGS:
+            raise HfaugError(f"'recipe.setting' must be one of {list(SETTINGS)}, got {self.setting!r}"
+                             f"{did_you_mean(str(self.setting), SETTINGS)}")
 
 
 @dataclass
@@ -89,6 +106,13 @@ class Recipe:
 
     def has(self, section: str) -> bool:
         return section in self.sections
+
+    @property
+    def setting(self) -> str:
+        """The run's setting (``run.setting``, or the one its sections imply when unstated)."""
+        if self.run.setting:
+            return self.run.setting
+        return HYBRID if self.has("translate") else ENGLISH_TEACHER
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.raw, sort_keys=False, allow_unicode=True)
@@ -196,7 +220,22 @@ def build_recipe(data: dict, source_path: str | None = None) -> Recipe:
         sections[key] = from_dict(cls, value, key)
     if "source" not in sections:
         raise HfaugError("recipe has no 'source' section: say where the labelled source data is (source.path)")
-    return Recipe(run=run, sections=sections, raw=data, source_path=source_path)
+    recipe = Recipe(run=run, sections=sections, raw=data, source_path=source_path)
+    _check_setting(recipe)
+    return recipe
+
+
+def _check_setting(recipe: Recipe) -> None:
+    """The sections a setting needs: translated-teacher translates the source and the generations."""
+    if recipe.setting != TRANSLATED_TEACHER:
+        return
+    translate = recipe.sections.get("translate")
+    if translate is None:
+        raise HfaugError("setting 'translated-teacher' needs a translate section (the target languages and "
+                         "the MT model); add one, or use setting: english-teacher")
+    if not getattr(translate, "source", True):
+        raise HfaugError("setting 'translated-teacher' trains the teacher on the translated source: "
+                         "remove translate.source: false")
 
 
 def _normalise_overrides(overrides) -> dict[str, Any]:

@@ -6,7 +6,8 @@ KL divergence from the teacher's soft label), shuffled together. The best epoch 
 (source dev, or translated source dev) is kept.
 
 Input datasets: ``source`` ``train``/``dev`` (or ``translate-source`` ``train-<lang>``/``dev-<lang>``
-with ``train_on_translated_source``), and every ``select`` output named in ``subsets``.
+with ``train_on_translated_source``; in the recipe's ``translated-teacher`` setting always the
+translated source of each subset's own language), and every ``select`` output named in ``subsets``.
 Input columns: gold rows: text (or premise + hypothesis), label; synthetic rows: text (or premise
 + hypothesis), soft_label (``label_mode: soft``/``hard``) or prompt_label (``label_mode: prompt``).
 
@@ -475,16 +476,18 @@ def distill(gold: "datasets.Dataset", synthetic: "datasets.Dataset | None", conf
 # stage
 
 
-def _gold_data(ctx: StageContext) -> tuple["datasets.Dataset", "datasets.Dataset", str]:
-    """(train, dev, description) of the gold rows: the source, or the translated source."""
+def _gold_data(ctx: StageContext, languages: list[str] | None = None,
+               ) -> tuple["datasets.Dataset", "datasets.Dataset", str]:
+    """(train, dev, description) of the gold rows: the source, or the translated source (of
+    ``languages``, default distill.train_on_translated_source)."""
     import datasets
 
-    langs = list(ctx.config.train_on_translated_source)
+    langs = list(languages if languages is not None else ctx.config.train_on_translated_source)
     if not langs:
         return ctx.input("source", "train"), ctx.input("source", "dev"), "source"
     if ctx.run.manifest("translate-source") is None:
-        raise HfaugError("distill.train_on_translated_source needs the translate-source stage; add a translate "
-                         "section with source: true and run it")
+        raise HfaugError("distill: training on the translated source needs the translate-source stage; add a "
+                         "translate section with source: true and run it")
     names = ctx.run.outputs("translate-source")
     available = sorted({n.split("-", 1)[1] for n in names if n.startswith("train-")})
     for lang in langs:
@@ -495,6 +498,14 @@ def _gold_data(ctx: StageContext) -> tuple["datasets.Dataset", "datasets.Dataset
     devs = [ctx.input("translate-source", f"dev-{lang}") for lang in langs if f"dev-{lang}" in names]
     dev = datasets.concatenate_datasets(devs) if devs else train.select([])
     return train, dev, "translate-source " + ", ".join(langs)
+
+
+def _subset_lang(name: str, data: "datasets.Dataset") -> str:
+    """The language of a select subset: its rows' ``lang``, else the prefix of its name."""
+    if schema.LANG in data.column_names and len(data):
+        return data[0][schema.LANG]
+    match = _SUBSET_NAME.match(name)
+    return match.group("lang") if match else name.split("-", 1)[0]
 
 
 def _subset_info(name: str, data: "datasets.Dataset", task: "Task") -> dict[str, Any]:
@@ -612,7 +623,7 @@ def _card(ctx: StageContext, subset: dict, metrics: dict, note: str | None, gold
         dev_accuracy=metrics.get("dev_accuracy"),
         test_metrics=metrics.get("test", {}),
         metrics_note=note,
-        training=_training_parameters(config),
+        training={"setting": ctx.recipe.setting, **_training_parameters(config)},
         seed=metrics.get("seed"),
         description=ctx.recipe.run.description,
     )
@@ -630,7 +641,11 @@ def _subset_key(ctx: StageContext, name: str) -> str:
 def run(ctx: StageContext) -> StageResult:
     config = ctx.config
     task = ctx.task
-    gold_train, gold_dev, gold_desc = _gold_data(ctx)
+    from .config import TRANSLATED_TEACHER
+
+    translated_teacher = ctx.recipe.setting == TRANSLATED_TEACHER
+    gold_train, gold_dev, gold_desc = (None, None, "") if translated_teacher else _gold_data(ctx)
+    golds: dict[str, tuple] = {}
     ctx.input_dir("select")
     available = ctx.run.outputs("select")
     names = list(config.subsets) if config.subsets else available
@@ -652,6 +667,13 @@ def run(ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {}
     dropped: Counter = Counter()
     for name, synthetic in subsets.items():
+        if translated_teacher:
+            # the paper's translated-teacher student: translated source + translated selection,
+            # both in the subset's language (train_ST_as.sh)
+            lang = _subset_lang(name, synthetic)
+            if lang not in golds:
+                golds[lang] = _gold_data(ctx, [lang])
+            gold_train, gold_dev, gold_desc = golds[lang]
         work = ctx.cache_dir / name / _subset_key(ctx, name)
         student_dir = work / "student"
         if (work / _DONE).is_file():
@@ -693,5 +715,6 @@ def run(ctx: StageContext) -> StageResult:
         shutil.move(str(student_dir), str(target))
         shutil.rmtree(student_dir.parent, ignore_errors=True)
     hints = [f"students: {ctx.run.root / ctx.stage / STUDENTS}/<subset>/ (model, tokenizer, README.md, metrics.json)"]
-    return StageResult(dropped=dropped, rows_in=len(gold_train) + sum(len(d) for d in subsets.values()),
+    gold_rows = sum(len(g[0]) for g in golds.values()) if translated_teacher else len(gold_train)
+    return StageResult(dropped=dropped, rows_in=gold_rows + sum(len(d) for d in subsets.values()),
                        metrics=metrics, extra={"next": hints, "students": sorted(finished)})

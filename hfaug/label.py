@@ -1,5 +1,7 @@
 """Label stage: teacher soft labels (and optionally training dynamics) on the candidate rows.
 
+Input: the generate stage's ``data`` (English), or in the recipe's ``translated-teacher`` setting
+every language the translate stage wrote, concatenated (their ``lang`` column tells them apart).
 Input columns: text (or premise + hypothesis); every other column is kept.
 Output columns: soft_label (teacher probabilities, in the task's label order), label (argmax),
 confidence (max of soft_label); with ``dynamics: true`` also checkpoint_probs ([epoch][label],
@@ -202,9 +204,27 @@ def label(dataset: "datasets.Dataset", config: LabelConfig, task: "Task", *, tea
     return datasets.concatenate_datasets([base, new], axis=1), dropped
 
 
+def _candidates(ctx: StageContext) -> "datasets.Dataset":
+    """The rows the teacher labels: the English generations, or in the translated-teacher setting
+    their translations, every language in one dataset (``lang`` tells them apart), so the soft
+    labels and the per-epoch dynamics are the teacher's on the target-language text (the authors'
+    pseudo_label_xnli_cartography.py scores the translated file)."""
+    import datasets
+
+    from .config import TRANSLATED_TEACHER
+
+    if ctx.recipe.setting != TRANSLATED_TEACHER:
+        return ctx.input("generate")
+    names = ctx.run.outputs("translate")
+    if not names:
+        raise HfaugError("label: the translated-teacher setting labels the translated generations, but the "
+                         "translate stage wrote none; check translate.languages")
+    return datasets.concatenate_datasets([ctx.input("translate", name) for name in names])
+
+
 def run(ctx: StageContext) -> StageResult:
     config: LabelConfig = ctx.config
-    candidates = ctx.input("generate")
+    candidates = _candidates(ctx)
     teacher_dir = ctx.input_dir("teacher") if config.teacher is None and ctx.run.manifest("teacher") else None
     labelled, dropped = label(candidates, config, ctx.task, teacher_dir=teacher_dir, cache_dir=ctx.cache_dir)
     counts = Counter(ctx.task.labels[i] for i in labelled[schema.LABEL])

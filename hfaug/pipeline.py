@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Recipe, import_entry, to_dict
+from .config import ENGLISH_TEACHER, TRANSLATED_TEACHER, Recipe, import_entry, to_dict
 from .errors import HfaugError, did_you_mean
 from .runs import Run, execute
 
@@ -61,6 +61,17 @@ PIPELINE: tuple[Stage, ...] = (
 
 STAGES = {stage.name: stage for stage in PIPELINE}
 
+#: Per setting, the stages whose inputs differ from PIPELINE's (the hybrid's). In the paper's
+#: translated-teacher setting (train_ST_as.sh, pseudo_label_xnli_cartography.py) the generations are
+#: translated first and the teacher, trained on the translated source, labels the translations.
+SETTING_INPUTS: dict[str, dict[str, tuple[str, ...]]] = {
+    TRANSLATED_TEACHER: {"translate": ("generate",), "label": ("translate", "teacher"), "select": ("label",)},
+}
+#: stages a setting never runs: the english-teacher setting translates nothing (train_ST.sh)
+SETTING_SKIPS: dict[str, tuple[str, ...]] = {ENGLISH_TEACHER: ("translate-source", "translate")}
+#: stages whose behaviour depends on the setting: it enters their hash
+SETTING_STAGES = ("translate", "teacher", "label", "select", "publish", "distill", "evaluate")
+
 
 def get_stage(name: str) -> Stage:
     try:
@@ -74,8 +85,21 @@ def stage_function(stage: Stage):
 
 
 def planned(recipe: Recipe) -> list[Stage]:
-    """The stages a recipe asks for, in order."""
-    return [s for s in PIPELINE if recipe.has(s.section) and _enabled(recipe, s)]
+    """The stages a recipe asks for, in the order of its setting."""
+    setting = recipe.setting
+    skips = SETTING_SKIPS.get(setting, ())
+    stages = [s for s in PIPELINE if recipe.has(s.section) and _enabled(recipe, s) and s.name not in skips]
+    if setting == TRANSLATED_TEACHER:
+        # translate the generations before the teacher labels them
+        names = [s.name for s in stages]
+        if "translate" in names and "label" in names:
+            stages.insert(names.index("label"), stages.pop(names.index("translate")))
+    return stages
+
+
+def stage_inputs(recipe: Recipe, stage: Stage) -> tuple[str, ...]:
+    """The stages ``stage`` reads in this recipe's setting."""
+    return SETTING_INPUTS.get(recipe.setting, {}).get(stage.name, stage.inputs)
 
 
 def _enabled(recipe: Recipe, stage: Stage) -> bool:
@@ -91,7 +115,10 @@ def run_stage(run: Run, name: str, *, force: bool = False) -> tuple[dict, bool]:
     recipe = run.recipe
     if not recipe.has(stage.section):
         raise HfaugError(f"the recipe has no '{stage.section}' section, which stage '{name}' needs")
-    inputs = [i for i in stage.inputs if i in {s.name for s in planned(recipe)}]
+    if stage.name in SETTING_SKIPS.get(recipe.setting, ()):
+        raise HfaugError(f"stage '{name}' has no part in the '{recipe.setting}' setting; set the recipe's "
+                         f"setting (e.g. --setting translated-teacher) to run it")
+    inputs = [i for i in stage_inputs(recipe, stage) if i in {s.name for s in planned(recipe)}]
     for dep in inputs:
         run.require(dep)
     return execute(run, name, stage_function(stage), recipe.sections[stage.section], inputs,
@@ -107,6 +134,8 @@ def stage_reads(recipe: Recipe, stage: Stage) -> dict:
         if recipe.has(section):
             values = to_dict(recipe.sections[section])
             reads[read] = values.get(key) if key else values
+    if stage.name in SETTING_STAGES:
+        reads["setting"] = recipe.setting
     return reads
 
 

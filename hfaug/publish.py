@@ -322,6 +322,7 @@ def provenance(ctx: StageContext, configs: dict[str, dict[str, "datasets.Dataset
         "selection": {k: v for k, v in select.items() if v not in (None, "", [], {})
                       and (k in SELECTION_KEYS or not SELECTION_KEYS & select.keys())},
         "seed": ctx.seed,
+        "setting": ctx.recipe.setting,
     }
 
 

@@ -240,6 +240,7 @@ def execute(run: Run, stage: str, fn, config: Any, inputs: list[str], *, force: 
         "run_id": uuid.uuid4().hex,
         "config": to_dict(config) if config is not None else None,
         "task": run.recipe.run.task,
+        "setting": run.recipe.setting,  # the paper's setting the stage ran in (docs/fidelity.md)
         "seed": run.recipe.run.seed,
         "inputs": {name: (run.manifest(name) or {}).get("run_id") for name in inputs},
         "rows_in": result.rows_in,

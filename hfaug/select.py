@@ -39,10 +39,19 @@ by a tab, which is ``embed_column: pair``. For amb-k/easy-k one version of their
 by the best checkpoint's argmax (the teacher label, ``dynamics_class: label``); PAPER.md's form,
 the final checkpoint's argmax, is the default.
 
-Shortfall: a class with fewer than k rows gives what it has. With ``shortfall: redistribute``
-(the paper's div-k code) the missing rows are taken from ``shortfall_to`` instead (default:
-``positive`` for sentiment, ``entailment`` for NLI; the authors' classes "pos"), i.e. that class
-fills ``k + sum of the other classes' shortfalls`` as far as it has rows.
+Shortfall (a class with fewer than k rows), ``shortfall``:
+
+* ``paper`` (default, the authors' rules): rand-k, top-k, amb-k and easy-k fill the classes in the
+  order neutral, positive, negative (NLI: neutral, entailment, contradiction) up to the cumulative
+  limits k, 2k, 3k, so a short class's shortfall cascades to the next class in that order and the
+  last class's shortfall is lost (self-training/pseudo_label_as.py lines 301-323,
+  pseudo_label_xnli_cartography.py 274-295). div-k moves only neutral's shortfall, to positive
+  (entailment): ``positive takes min(available, k + max(0, k - neutral available))``
+  (utils/diverseTopK.py lines 78 and 89-92); the other classes' shortfalls are lost.
+* ``fewer``: every class gives what it has, nothing moves.
+* ``redistribute`` (hfaug's own, not the authors'): ``shortfall_to`` (default positive /
+  entailment) takes every other class's shortfall, i.e. fills
+  ``k + sum of the other classes' shortfalls`` as far as it has rows; the same for every strategy.
 
 Input columns: id, task, text (or premise + hypothesis), lang, soft_label, label, confidence;
 for ambiguous/easy: variability and mean_confidence (or checkpoint_probs); optional:
@@ -90,8 +99,10 @@ ALIASES: dict[str, str] = {
     "amb-k": "ambiguous", "ambk": "ambiguous", "amb": "ambiguous",
     "easy-k": "easy", "easyk": "easy",
 }
-#: who receives another class's shortfall: the authors' "pos" class
+#: who receives another class's shortfall under ``redistribute``: the authors' "pos" class
 DEFAULT_SHORTFALL_TO = {"sentiment": "positive", "nli": "entailment"}
+#: the authors' fill order (pseudo_label_as.py, pseudo_label_xnli_cartography.py): neutral, "pos", "neg"
+PAPER_ORDER = {"sentiment": ("neutral", "positive", "negative"), "nli": ("neutral", "entailment", "contradiction")}
 #: the paper's minimum lengths in whitespace words: sentiment "more than 10", NLI "at least 5"
 DEFAULT_MIN_WORDS = {"sentiment": 11, "nli": 5}
 DYNAMICS_STRATEGIES = ("ambiguous", "easy")
@@ -118,11 +129,13 @@ class SelectConfig:
         "help": f"Strategies to run: {', '.join(STRATEGIES)} (aliases rand-k, amb-k, easy-k, ...)."})
     budgets: list[int] = field(default_factory=lambda: [2500], metadata={
         "help": "Budgets k: rows per teacher-predicted class (the paper: 2,500 to 27,500)."})
-    shortfall: Literal["fewer", "redistribute"] = field(default="redistribute", metadata={
-        "help": "A class with fewer than k rows: 'fewer' returns fewer; 'redistribute' (the paper's div-k) "
-                "takes the missing rows from shortfall_to."})
+    shortfall: Literal["paper", "fewer", "redistribute"] = field(default="paper", metadata={
+        "help": "A class with fewer than k rows: 'paper' (the authors' rules: rand/top/amb/easy cascade the "
+                "shortfall neutral -> positive -> negative, div-k moves only neutral's shortfall to positive); "
+                "'fewer' returns fewer; 'redistribute' gives every class's shortfall to shortfall_to."})
     shortfall_to: str | None = field(default=None, metadata={
-        "help": "Class receiving the shortfall (default: positive for sentiment, entailment for NLI)."})
+        "help": "With shortfall: redistribute, the class receiving the shortfall (default: positive for "
+                "sentiment, entailment for NLI)."})
     dedup: bool = field(default=True, metadata={
         "help": "Drop exact duplicates (by text; premise + hypothesis for NLI)."})
     min_words: int | None = field(default=None, metadata={
@@ -487,10 +500,26 @@ def diverse_order(classes, confidence, ids, embeddings, num_labels: int, *, n_cl
     return orders, cluster
 
 
-def take_counts(available: list[int], k: int, policy: str, receiver: int | None) -> list[int]:
-    """Rows taken per class for budget ``k``: ``min(k, available)``; with ``redistribute`` the
-    receiver takes ``min(available, k + sum over other classes of max(0, k - available))``."""
+def take_counts(available: list[int], k: int, policy: str, receiver: int | None,
+                order: tuple[int, ...] | None = None, strategy: str = "top-k") -> list[int]:
+    """Rows taken per class for budget ``k``.
+
+    ``fewer``: ``min(k, available)``. ``redistribute``: the receiver takes
+    ``min(available, k + sum over other classes of max(0, k - available))``. ``paper``: with
+    ``order`` = (neutral, pos, neg) class ids, div-k gives pos ``min(available, k + max(0, k -
+    available[neutral]))``; every other strategy fills the classes in ``order`` up to the
+    cumulative limits k, 2k, 3k (pseudo_label_as.py), so a shortfall cascades down the order."""
     take = [min(k, a) for a in available]
+    if policy == "paper" and order is not None:
+        neutral, pos = order[0], order[1]
+        if strategy == "div-k":
+            take[pos] = min(available[pos], k + max(0, k - available[neutral]))
+            return take
+        total = 0
+        for step, c in enumerate(order, start=1):
+            take[c] = min(available[c], step * k - total)
+            total += take[c]
+        return take
     if policy == "redistribute" and receiver is not None:
         missing = sum(max(0, k - a) for c, a in enumerate(available) if c != receiver)
         take[receiver] = min(available[receiver], k + missing)
@@ -674,6 +703,10 @@ def select(dataset: "datasets.Dataset", config: SelectConfig | None = None, task
                     f"it is written by the label stage with dynamics: true"
                 )
     receiver = None
+    order = None
+    if config.shortfall == "paper":
+        names = PAPER_ORDER.get(task.name, task.labels)
+        order = tuple(task.label_id(name, "select.shortfall") for name in names)
     if config.shortfall == "redistribute":
         name = config.shortfall_to or DEFAULT_SHORTFALL_TO.get(task.name, task.labels[-1])
         receiver = task.label_id(name, "select.shortfall_to")
@@ -777,7 +810,7 @@ def select(dataset: "datasets.Dataset", config: SelectConfig | None = None, task
             orders = rank_by_score(group, score, ids, num_labels)
         available = [len(o) for o in orders]
         for k in config.budgets:
-            take = take_counts(available, k, config.shortfall, receiver)
+            take = take_counts(available, k, config.shortfall, receiver, order, strategy)
             chosen = np.concatenate([orders[c][:take[c]] for c in range(num_labels)]).astype(np.int64)
             ranks = np.concatenate([np.arange(t, dtype=np.int32) for t in take])
             name = f"{lang}-{STRATEGIES[strategy]}-{k}"
@@ -859,9 +892,16 @@ def _output(table, features, strategy: str, ranks, score, extra: dict, fingerpri
 
 
 def _inputs(ctx: StageContext) -> list[tuple[str, "datasets.Dataset"]]:
+    from .config import ENGLISH_TEACHER, TRANSLATED_TEACHER
+
     config: SelectConfig = ctx.config
-    if not ctx.recipe.has("translate"):
+    setting = ctx.recipe.setting
+    if setting == ENGLISH_TEACHER or not ctx.recipe.has("translate"):
         return [("en", ctx.input("label"))]
+    if setting == TRANSLATED_TEACHER:
+        # the labelled translations, one pool per language: selection (and div-k's embeddings)
+        # on the target-language text, as in the authors' create_diffKs.py
+        return _by_language(ctx.input("label"), config.languages)
     names = ctx.run.outputs("translate")
     if config.languages:
         unknown = [lang for lang in config.languages if lang not in names]
@@ -875,6 +915,25 @@ def _inputs(ctx: StageContext) -> list[tuple[str, "datasets.Dataset"]]:
     if not inputs:
         raise HfaugError("select: the translate stage wrote no languages; check translate.languages")
     return inputs
+
+
+def _by_language(data: "datasets.Dataset", languages: list[str]) -> list[tuple[str, "datasets.Dataset"]]:
+    """The label stage's translated rows split by their ``lang`` column, in first-seen order."""
+    schema.require_columns(data, [schema.LANG], "select")
+    langs = data[schema.LANG]
+    names = list(dict.fromkeys(langs))
+    unknown = [lang for lang in languages if lang not in names]
+    if unknown:
+        raise HfaugError(f"select.languages: no labelled translation into '{unknown[0]}'; translated languages: "
+                         f"{', '.join(names) or 'none'}")
+    chosen = [name for name in names if not languages or name in languages]
+    if not chosen:
+        raise HfaugError("select: the label stage wrote no translated rows; check translate.languages")
+    rows: dict[str, list[int]] = {name: [] for name in chosen}
+    for i, lang in enumerate(langs):
+        if lang in rows:
+            rows[lang].append(i)
+    return [(name, data.select(rows[name])) for name in chosen]
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -1,7 +1,7 @@
 """Teacher stage: fine-tune a multilingual encoder on the labelled source data (English or translated).
 
-Input datasets: ``source`` ``train``/``dev``, or with ``train_on: translated`` the
-``translate-source`` outputs ``train-<lang>``/``dev-<lang>``.
+Input datasets: ``source`` ``train``/``dev``, or with ``train_on: translated`` (always in the
+recipe's ``translated-teacher`` setting) the ``translate-source`` outputs ``train-<lang>``/``dev-<lang>``.
 Input columns: text (or premise + hypothesis), label.
 
 Output folder (no dataset)::
@@ -270,11 +270,17 @@ def checkpoint_dirs(folder: str | Path) -> list[Path]:
 def run(ctx: StageContext) -> StageResult:
     config: TeacherConfig = ctx.config
     task = ctx.task
-    if config.train_on == "translated":
+    from .config import TRANSLATED_TEACHER
+
+    # the translated-teacher setting trains on the translated source whatever train_on says
+    translated = config.train_on == "translated" or ctx.recipe.setting == TRANSLATED_TEACHER
+    if translated:
         train, dev = _translated_splits(ctx, config.languages)
     else:
         train, dev = ctx.input("source", "train"), ctx.input("source", "dev")
     seed = config.seed if config.seed is not None else ctx.seed
+    if translated and config.train_on != "translated":
+        config = dataclasses.replace(config, train_on="translated")  # teacher.json says what it was trained on
     info = train_teacher(train, dev, config, task, ctx.out_dir, seed=seed, work_dir=ctx.cache_dir / "trainer")
     metrics = {
         "best_epoch": info["best_epoch"],

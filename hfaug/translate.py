@@ -16,8 +16,8 @@ Input columns: id, text (or premise + hypothesis); every other column is carried
 Output columns: the input's, with text (or premise + hypothesis) translated,
     id = make_id(task, lang, *translated texts), source_id = the English row's id, lang = ISO code.
 
-Stages: ``translate`` reads the label stage's ``data`` and writes one dataset per language named
-by its code (``hi``, ``mr``); ``translate-source`` reads the source stage's ``train``/``dev`` and
+Stages: ``translate`` reads the label stage's ``data`` (the generate stage's in the recipe's
+``translated-teacher`` setting) and writes one dataset per language named by its code (``hi``, ``mr``); ``translate-source`` reads the source stage's ``train``/``dev`` and
 writes ``train-<lang>``/``dev-<lang>`` (the paper's translated-teacher setting).
 """
 
@@ -816,8 +816,11 @@ def _translated_dataset(ds: "datasets.Dataset", translated: dict[str, str | None
 
 
 def run(ctx: StageContext) -> StageResult:
-    """The ``translate`` stage: the label stage's candidates into each target language."""
-    data = ctx.input("label")
+    """The ``translate`` stage: the label stage's candidates into each target language (in the
+    translated-teacher setting: the generate stage's candidates, labelled after translation)."""
+    from .config import TRANSLATED_TEACHER
+
+    data = ctx.input("generate" if ctx.recipe.setting == TRANSLATED_TEACHER else "label")
     outputs, dropped, metrics = translate(data, ctx.config, ctx.task, cache_dir=ctx.cache_dir, seed=ctx.seed)
     return StageResult(datasets=outputs, dropped=dropped, rows_in=len(data) * len(ctx.config.languages),
                        metrics=metrics)

@@ -81,7 +81,7 @@ def small_recipe(out: Path, **publish) -> dict:
     data.update(name="small", output_dir=str(out))
     data["generate"].update(n_per_class=8, llm_labels=False)
     data["teacher"].update(epochs=3)
-    data["translate"].update(languages=["hi"], source=False)
+    data["translate"].update(languages=["hi"])
     data["select"].update(strategies=["top-k", "div-k"], budgets=[4])
     data["distill"].update(subsets=["hi-topk-4"], num_train_epochs=2)
     data["publish"] = {"license": "cc-by-4.0", "models": False, **publish}
@@ -165,6 +165,7 @@ def test_label_under_accelerate_launch_matches_one_process(tmp_path):
     from hfaug.runs import Run
 
     data = small_recipe(tmp_path)
+    data["setting"] = "english-teacher"  # the teacher labels the English generations
     for section in ("translate", "select", "publish", "distill"):
         data.pop(section)
     path = tmp_path / "r.yaml"

@@ -166,13 +166,51 @@ def test_shortfall_fewer_and_redistribute_to_positive():
     ds = fewer.datasets["hi-topk-4"]
     assert ids(ds) == ["n0", "n1", "n2", "n3", "u0", "u1", "p0", "p1", "p2", "p3"]
     assert fewer.metrics["hi-topk-4"]["short"] == {"neutral": 2}
-    redistributed = select(pool(rows), cfg(strategies=["top-k"], budgets=[4]), SENT)  # the paper's default
+    redistributed = select(pool(rows), cfg(strategies=["top-k"], budgets=[4], shortfall="redistribute"), SENT)
     ds = redistributed.datasets["hi-topk-4"]
     assert ids(ds) == ["n0", "n1", "n2", "n3", "u0", "u1", "p0", "p1", "p2", "p3", "p4", "p5"]
     assert list(ds["rank"]) == [0, 1, 2, 3, 0, 1, 0, 1, 2, 3, 4, 5]
     assert redistributed.metrics["hi-topk-4"]["labels"] == {"negative": 4, "neutral": 2, "positive": 6}
-    to_negative = select(pool(rows), cfg(strategies=["top-k"], budgets=[4], shortfall_to="negative"), SENT)
+    to_negative = select(pool(rows), cfg(strategies=["top-k"], budgets=[4], shortfall="redistribute",
+                                         shortfall_to="negative"), SENT)
     assert to_negative.metrics["hi-topk-4"]["labels"] == {"negative": 6, "neutral": 2, "positive": 4}
+
+
+def test_paper_shortfall_cascades_for_top_k_and_moves_only_neutral_for_div_k():
+    """The authors' rules (pseudo_label_as.py 301-323, diverseTopK.py 89-92): rand/top/amb/easy fill
+    neutral, positive, negative up to k, 2k, 3k; div-k gives only neutral's shortfall to positive."""
+    rows = ([(f"n{i}", NEG, 0.9 - i / 100) for i in range(8)] + [("u0", NEU, 0.7), ("u1", NEU, 0.6)]
+            + [(f"p{i}", POS, 0.9 - i / 100) for i in range(5)])
+    paper = select(pool(rows), cfg(strategies=["top-k", "random", "div-k"], budgets=[4], n_clusters=2), SENT,
+                   embeddings=np.random.default_rng(0).normal(size=(len(rows), 8)))
+    assert SelectConfig().shortfall == "paper"
+    # neutral 2 (2 short) -> positive may take 6 but has 5 -> negative fills up to 3k = 12: 5
+    for name in ("hi-topk-4", "hi-randk-4"):
+        assert paper.metrics[name]["labels"] == {"negative": 5, "neutral": 2, "positive": 5}, name
+    assert ids(paper.datasets["hi-topk-4"])[:5] == ["n0", "n1", "n2", "n3", "n4"]
+    # div-k: positive takes k + neutral's shortfall = 6 (has 5); negative's budget stays k
+    assert paper.metrics["hi-divk-4"]["labels"] == {"negative": 4, "neutral": 2, "positive": 5}
+    # a short negative (the last class) loses its shortfall under the paper's rules
+    short_neg = [(f"n{i}", NEG, 0.9) for i in range(2)] + [(f"u{i}", NEU, 0.8) for i in range(8)] + \
+        [(f"p{i}", POS, 0.9 - i / 100) for i in range(8)]
+    out = select(pool(short_neg), cfg(strategies=["top-k", "div-k"], budgets=[4], n_clusters=2), SENT,
+                 embeddings=np.random.default_rng(0).normal(size=(len(short_neg), 8))).metrics
+    assert out["hi-topk-4"]["labels"] == out["hi-divk-4"]["labels"] == {"negative": 2, "neutral": 4, "positive": 4}
+    # hfaug's redistribute policy differs: positive takes every class's shortfall, for div-k too
+    other = select(pool(rows), cfg(strategies=["top-k", "div-k"], budgets=[4], n_clusters=2,
+                                   shortfall="redistribute"), SENT, embeddings=np.random.default_rng(0).normal(size=(len(rows), 8))).metrics
+    assert other["hi-topk-4"]["labels"] == other["hi-divk-4"]["labels"] == {"negative": 4, "neutral": 2,
+                                                                          "positive": 5}
+
+
+def test_paper_shortfall_order_for_nli():
+    nli = get_task("nli")
+    ent, neu, con = 0, 1, 2
+    rows = ([(f"e{i}", ent, 0.9) for i in range(3)] + [(f"u{i}", neu, 0.9) for i in range(8)]
+            + [(f"c{i}", con, 0.9) for i in range(8)])
+    out = select(pool(rows, task=nli), cfg(strategies=["top-k"], budgets=[4]), nli).metrics
+    # neutral 4, entailment 3 (1 short) -> contradiction fills up to 12: 5
+    assert out["hi-topk-4"]["labels"] == {"entailment": 3, "neutral": 4, "contradiction": 5}
 
 
 def test_budget_larger_than_the_pool_takes_everything():

@@ -1,0 +1,127 @@
+"""The paper's two settings as stage orders: what each stage reads, end to end on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from hfaug.config import find_recipe, load_recipe
+from hfaug.errors import HfaugError
+from hfaug.pipeline import STAGES, planned, run_pipeline, stage_inputs
+
+
+def tiny_recipe(out, setting: str) -> dict:
+    """The demo trimmed to what shows the data flow: one language, one student, few rows."""
+    data = yaml.safe_load(find_recipe("demo").read_text())
+    data.update(name=f"tiny-{setting}", output_dir=str(out), setting=setting)
+    data["generate"].update(n_per_class=8, llm_labels=False)
+    data["teacher"].update(epochs=2)
+    data["translate"].update(languages=["hi"])
+    data["select"].update(strategies=["top-k", "random"], budgets=[3], figures=False)
+    lang = "hi" if setting == "translated-teacher" else "en"
+    data["distill"].update(subsets=[f"{lang}-topk-3"], num_train_epochs=1)
+    data["publish"] = {"license": "cc-by-4.0", "models": False}
+    for section in ("export", "evaluate"):
+        data.pop(section)
+    if setting == "english-teacher":
+        data.pop("translate")
+    return data
+
+
+def names(recipe) -> list[str]:
+    return [s.name for s in planned(recipe)]
+
+
+def test_each_setting_has_its_stage_order_and_inputs(demo_recipe):
+    translated = load_recipe(demo_recipe)
+    assert translated.setting == "translated-teacher"
+    order = names(translated)
+    # the generations are translated before the teacher (trained on the translated source) labels them
+    assert order.index("translate-source") < order.index("teacher")
+    assert order.index("generate") < order.index("translate") < order.index("label") < order.index("select")
+    assert stage_inputs(translated, STAGES["translate"]) == ("generate",)
+    assert stage_inputs(translated, STAGES["label"]) == ("translate", "teacher")
+    assert stage_inputs(translated, STAGES["select"]) == ("label",)
+
+    english = load_recipe(demo_recipe, {"setting": "english-teacher"})
+    assert "translate" not in names(english) and "translate-source" not in names(english)
+    assert stage_inputs(english, STAGES["label"]) == ("generate", "teacher")
+
+    hybrid = load_recipe(demo_recipe, {"setting": "hybrid"})
+    order = names(hybrid)
+    assert order.index("label") < order.index("translate")
+    # unstated: English-only recipes are the english-teacher setting; translating ones the hybrid
+    demo_recipe.pop("setting")
+    assert load_recipe(demo_recipe).setting == "hybrid"
+    demo_recipe.pop("translate")
+    assert load_recipe(demo_recipe).setting == "english-teacher"
+
+
+def test_setting_errors_name_the_fix(demo_recipe):
+    with pytest.raises(HfaugError, match="must be one of .*did you mean 'english-teacher'"):
+        load_recipe(demo_recipe, {"setting": "english-teachr"})
+    with pytest.raises(HfaugError, match="remove translate.source: false"):
+        load_recipe(demo_recipe, {"translate.source": False})
+    demo_recipe.pop("translate")
+    with pytest.raises(HfaugError, match="needs a translate section"):
+        load_recipe(demo_recipe)
+
+
+def test_every_packaged_paper_recipe_runs_one_of_the_paper_settings():
+    from hfaug.config import packaged_recipes
+
+    settings = {}
+    for name in packaged_recipes():
+        recipe = load_recipe(name)
+        assert recipe.run.setting in ("english-teacher", "translated-teacher"), name
+        settings.setdefault(name.removesuffix("-english-teacher"), set()).add(recipe.setting)
+    for both in ("paper/sentiment-mr", "paper/xnli-hi", "demo"):
+        assert settings[both] == {"english-teacher", "translated-teacher"}, both
+
+
+@pytest.mark.slow
+def test_translated_teacher_labels_selects_and_trains_on_target_text(tmp_path):
+    import datasets
+
+    run = run_pipeline(load_recipe(tiny_recipe(tmp_path, "translated-teacher")))
+    teacher = json.loads((run.stage_dir("teacher") / "teacher.json").read_text())
+    source_hi = run.load("translate-source", "train-hi")
+    assert teacher["train_on"] == "translated" and teacher["train_rows"] == len(source_hi)
+    translated = run.load("translate", "hi")
+    labelled = run.load("label")
+    # the teacher's soft labels and dynamics are on the Hindi text, not copied from English rows
+    assert set(labelled["lang"]) == {"hi"}
+    assert sorted(labelled["text"]) == sorted(translated["text"])
+    assert len(labelled[0]["checkpoint_probs"]) == 2
+    english = set(run.load("generate")["text"])
+    chosen = run.load("select", "hi-topk-3")
+    assert chosen["text"] and not set(chosen["text"]) & english
+    assert set(chosen["id"]) <= set(labelled["id"])
+    students = json.loads((run.stage_dir("distill") / "manifest.json").read_text())
+    assert students["rows_in"] == len(source_hi) + len(chosen)  # translated source + translated selection
+    for stage in ("teacher", "label", "select", "distill"):
+        assert run.manifest(stage)["setting"] == "translated-teacher"
+    card = (run.stage_dir("publish") / "hub-layout" / "README.md").read_text()
+    assert "| setting | `translated-teacher`" in card
+    model_card = (run.stage_dir("distill") / "students" / "hi-topk-3" / "README.md").read_text()
+    assert "`translated-teacher`" in model_card
+    assert datasets.load_from_disk(str(run.stage_dir("label") / "data")).num_rows == len(labelled)
+
+
+@pytest.mark.slow
+def test_english_teacher_translates_nothing(tmp_path):
+    run = run_pipeline(load_recipe(tiny_recipe(tmp_path, "english-teacher")))
+    assert not run.stage_dir("translate").exists() and not run.stage_dir("translate-source").exists()
+    teacher = json.loads((run.stage_dir("teacher") / "teacher.json").read_text())
+    assert teacher["train_on"] == "source"
+    generated = run.load("generate")
+    assert sorted(run.load("label")["text"]) == sorted(generated["text"])
+    assert set(run.outputs("select")) == {"en-topk-3", "en-randk-3"}
+    assert set(run.load("select", "en-topk-3")["text"]) <= set(generated["text"])
+    distill = run.manifest("distill")
+    assert distill["setting"] == "english-teacher"
+    assert distill["rows_in"] == len(run.load("source", "train")) + len(run.load("select", "en-topk-3"))
+    card = (run.stage_dir("publish") / "hub-layout" / "README.md").read_text()
+    assert "| setting | `english-teacher`" in card
