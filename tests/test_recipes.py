@@ -23,7 +23,8 @@ def no_network(monkeypatch):
 
 
 def test_the_paper_settings_are_packaged():
-    assert set(PAPER) == {"paper/sentiment-mr", "paper/sentiment-hi", "paper/xnli-hi", "paper/xnli-ur", "paper/xnli-sw"}
+    assert set(PAPER) == {"paper/sentiment-mr", "paper/sentiment-hi", "paper/xnli-hi", "paper/xnli-ur", "paper/xnli-sw",
+                          "paper/sentiment-mr-english-teacher", "paper/xnli-hi-english-teacher"}
 
 
 @pytest.mark.parametrize("name", PAPER)
@@ -31,8 +32,11 @@ def test_paper_recipe_parses_and_resolves_offline(name, no_network):
     recipe = load_recipe(name)
     assert [s.name for s in planned(recipe)][:2] == ["source", "generate"]
     # every model and data reference resolves to itself (a Hub id), without a download
-    refs = [recipe.generate.model, recipe.teacher.model, recipe.translate.model, recipe.select.embedder,
-            recipe.distill.model, recipe.source.path, *[t.path for t in recipe.evaluate.test_sets]]
+    english = recipe.setting == "english-teacher"
+    assert english == name.endswith("-english-teacher") and recipe.has("translate") != english
+    refs = [recipe.generate.model, recipe.teacher.model, recipe.select.embedder, recipe.distill.model,
+            recipe.source.path, *[t.path for t in recipe.evaluate.test_sets],
+            *([] if english else [recipe.translate.model])]
     assert [resolve(r) for r in refs] == refs
 
     # the paper's hyperparameters (PAPER.md)
@@ -46,6 +50,16 @@ def test_paper_recipe_parses_and_resolves_offline(name, no_network):
     assert recipe.select.embedder == "sentence-transformers/LaBSE"
     assert (recipe.distill.temperature, recipe.distill.loss_form, recipe.distill.label_mode) == (1.5, "paper", "soft")
     assert recipe.distill.num_train_epochs == 15
+    # the student's cadence (train_ST_as.sh): batch 32 x 4, dev evaluation every 100 optimiser steps
+    assert (recipe.distill.per_device_train_batch_size, recipe.distill.gradient_accumulation_steps) == (32, 4)
+    assert (recipe.distill.eval_strategy, recipe.distill.eval_steps) == ("steps", 100)
+    assert (recipe.distill.save_strategy, recipe.distill.save_steps) == ("steps", 100)
+    assert recipe.teacher.eval_steps == 100 and recipe.select.shortfall == "paper"
+    assert recipe.generate.top_k == 50
+    if english:
+        lang = recipe.evaluate.test_sets[0].lang
+        assert {t.lang for t in recipe.evaluate.test_sets} == {lang}
+        return
 
     # IndicTrans2 for the Indic languages, NLLB for Swahili; the language is covered by the model
     (lang,) = recipe.translate.languages
