@@ -368,6 +368,42 @@ def test_cleaning_rules(raw, expected):
     assert (reason is None) == (expected is not None)
 
 
+PREMISE = "The museum opens at nine every morning."
+
+
+@pytest.mark.parametrize("raw, kind, expected", [
+    # 'Review' is dropped as a word only
+    ("Reviewers say the phone is fast and the screen is bright.", "review",
+     "Reviewers say the phone is fast and the screen is bright."),
+    ("Review 2: The screen is bright and the phone is fast.", "review", "The screen is bright and the phone is fast."),
+    # the authors' order: the text after the last colon first, then inside quotes
+    ('Here is a review of the "Galaxy S23": The camera is superb and the battery lasts.', "review",
+     "The camera is superb and the battery lasts."),
+    # a bare preamble is no row
+    ("Sure! Here is a review:", "review", None),
+    ("Certainly! Here's one for you:\n", "review", None),
+    # hypotheses: the first colon segment, never the premise quoted back
+    ("Sure! Here is a sentence: The museum is closed at night. Note: it is short.", "hypothesis",
+     "The museum is closed at night. Note"),
+    (f'The sentence "{PREMISE}" implies "The museum has morning opening hours."', "hypothesis",
+     "The museum has morning opening hours."),
+    (f"Sentence: {PREMISE}\nHypothesis: The museum is open in the morning.", "hypothesis",
+     "The museum is open in the morning."),
+    (f'Given "{PREMISE}", here is a contradiction: "The museum never opens before noon."', "hypothesis",
+     "The museum never opens before noon."),
+])
+def test_cleaning_rules_as_the_authors_ran_them(raw, kind, expected):
+    text, reason = clean_text(raw, CleanConfig(), kind=kind, premise=PREMISE if kind == "hypothesis" else None)
+    assert text == expected
+    if expected is None:
+        assert reason == "preamble_only"
+
+
+def test_a_hypothesis_that_is_only_its_premise_is_never_kept():
+    for raw in (f'Here it is: "{PREMISE}"', f"Hypothesis: {PREMISE}", f'"{PREMISE}"'):
+        assert clean_text(raw, kind="hypothesis", premise=PREMISE) == (None, "hypothesis_copies_premise"), raw
+
+
 def test_cleaning_rules_can_be_switched_off():
     raw = "Note: the café opens at 9:30 daily for everyone."
     assert clean_text(raw)[0] == "daily for everyone."  # the paper's colon rule, as it was

@@ -325,8 +325,8 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
                 if result is None:
                     dropped["request_failed"] += 1
                     continue
-                text, reason = clean_text(result["text"], config.clean)
                 premise = request.meta["premise"]
+                text, reason = clean_text(result["text"], config.clean, kind="hypothesis", premise=premise)
                 if not reason and " ".join(text.lower().split()) == " ".join(premise.lower().split()):
                     text, reason = None, "hypothesis_copies_premise"
                 raw_rows.append(_raw(request, result, text, reason, gp))

@@ -1,11 +1,16 @@
 """Cleaning of raw generations, as the paper's authors did it (PAPER.md "Generation"), each rule
 switchable, plus exact and near-duplicate removal. Every dropped text gets a reason.
 
-The rules run in the authors' order: cut the chat scaffolding, keep the text inside quotes / after
-the last colon, drop a leading "Review", drop non-ASCII characters, collapse whitespace, drop
-enumerations like "2. ", normalise spacing around punctuation and repeated punctuation, strip
-leading non-letters, then drop texts of ``min_chars - 1`` characters or fewer (the paper: 17).
-ASCII stripping is for English generations only; it must never run on translated text.
+The rules run in the authors' order (train_llama2/post_process.py, then utils/clean_data.py): cut
+the chat scaffolding, keep the text after the last colon, then the text inside quotes, drop a
+leading "Review" (the word only), drop non-ASCII characters, collapse whitespace, drop enumerations
+like "2. ", normalise spacing around punctuation and repeated punctuation, strip leading
+non-letters, then drop texts of ``min_chars - 1`` characters or fewer (the paper: 17).
+NLI hypotheses take the first colon segment instead (post_process.py ``xnli_postprocess``), and a
+segment or quote that is only the premise is passed over, so a reply quoting its premise never
+collapses into it. A reply that is nothing but a preamble ("Sure! Here is a review:") is dropped
+(``preamble_only``). ASCII stripping is for English generations only; it must never run on
+translated text.
 """
 
 from __future__ import annotations
@@ -17,8 +22,14 @@ _TAGS = re.compile(r"</?s>|\[/?INST\]|<</?SYS>>|<\|[a-zA-Z_]+\|>|^\s*(?:assistan
                    re.IGNORECASE | re.MULTILINE)
 _PREAMBLE = re.compile(r"^\s*(?:sure|certainly|of course|okay|ok|here(?:'s| is| are)|i hope|note)\b",
                        re.IGNORECASE)
+#: a line that is only a preamble: "Sure!", "Here is a review:", "Certainly! Here's one for you:"
+_BARE_PREAMBLE = re.compile(
+    r"^\W*(?:(?:sure|certainly|of course|okay|ok|absolutely)\b\W*)*"
+    r"(?:here(?:'s| is| are)\b[^:]*?\b(?:reviews?|sentences?|descriptions?|hypothes[ie]s|examples?|one|"
+    r"statements?|texts?|premises?)\b[^:]*)?:?\W*$", re.IGNORECASE)
 _QUOTED = re.compile(r'"([^"]+)"|\u201c([^\u201d]+)\u201d')
-_REVIEW = re.compile(r"^\s*review\s*(?:#?\d+)?\s*[:.\-]?\s*", re.IGNORECASE)
+# "Review" as a word: "Reviewers say ..." keeps its first word
+_REVIEW = re.compile(r"^\s*review\b\s*(?:#?\d+)?\s*[:.\-]?\s*", re.IGNORECASE)
 _ENUM = re.compile(r"(?:^|(?<=\s))\(?\d{1,3}[.)]\s+")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
 _NO_SPACE_AFTER = re.compile(r"([,;:!?])(?=[A-Za-z])|(\.)(?=[A-Z])")
@@ -33,12 +44,16 @@ class CleanConfig:
     """Cleaning of the English generations; each rule can be switched off in the recipe."""
 
     strip_scaffolding: bool = field(default=True, metadata={
-        "help": "Cut chat tags ([INST], <|assistant|>, </s>) and preamble lines ('Sure! Here is ...')."})
+        "help": "Cut chat tags ([INST], <|assistant|>, </s>) and preamble lines ('Sure! Here is ...'); a reply "
+                "that is only a preamble is dropped (preamble_only)."})
     inside_quotes: bool = field(default=True, metadata={
-        "help": "When the output quotes a text, keep the longest quoted text."})
+        "help": "When the output quotes a text, keep the longest quoted text (after the colon rule; never an "
+                "NLI hypothesis's premise quoted back)."})
     after_last_colon: bool = field(default=True, metadata={
-        "help": "Keep the text after the last colon ('Here is a review: ...')."})
-    drop_review_prefix: bool = field(default=True, metadata={"help": "Drop a leading 'Review' / 'Review 2:'."})
+        "help": "Keep the text after the last colon ('Here is a review: ...'); NLI hypotheses keep the first "
+                "colon segment that is not the premise (the authors' rule)."})
+    drop_review_prefix: bool = field(default=True, metadata={
+        "help": "Drop a leading word 'Review' / 'Review 2:' ('Reviewers ...' is kept)."})
     ascii_only: bool = field(default=True, metadata={
         "help": "Drop non-ASCII characters (English generations only; never on translated text)."})
     collapse_whitespace: bool = field(default=True, metadata={"help": "Collapse runs of whitespace to one space."})
@@ -66,27 +81,63 @@ class CleanConfig:
                              f"{self.near_duplicate_threshold}")
 
 
-def clean_text(text: str, config: CleanConfig | None = None) -> tuple[str | None, str | None]:
-    """One raw generation -> (clean text, None) or (None, reason it was dropped)."""
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]+", " ", text.lower()).split())
+
+
+def _same(a: str, b: str | None) -> bool:
+    """Equal up to case, spacing, quotes and punctuation (a premise quoted back)."""
+    return b is not None and _norm(a) == _norm(b)
+
+
+def _first_colon_segment(t: str, premise: str | None) -> str | None:
+    """The authors' hypothesis rule, ``text.split(":")[1]``: the first colon segment, passing over
+    segments that are the premise (or contain it) so a reply quoting its premise keeps its own
+    sentence."""
+    segments = [seg for seg in t.split(":")[1:] if seg.strip()]
+    for seg in segments:
+        if premise and _norm(premise) and _norm(seg).startswith(_norm(premise)):
+            continue  # "Sentence: <premise>\nHypothesis: ..." : the premise's segment
+        return seg
+    return None if segments else t  # every segment was the premise
+
+
+def clean_text(text: str, config: CleanConfig | None = None, *, kind: str = "review",
+               premise: str | None = None) -> tuple[str | None, str | None]:
+    """One raw generation -> (clean text, None) or (None, reason it was dropped).
+
+    ``kind`` is the request's kind ("review", "premise" or "hypothesis"); a hypothesis takes the
+    first colon segment (the authors' rule) and never its ``premise`` quoted back."""
     c = config or CleanConfig()
+    hypothesis = kind == "hypothesis"
     # control characters are never text (sampling from a small or random model emits them)
     t = _CONTROL.sub(" ", text or "")
     if c.strip_scaffolding:
         t = _TAGS.sub("\n", t)
         lines = [line for line in t.splitlines() if line.strip()]
         kept = [line for line in lines if not _PREAMBLE.match(line)]
+        if lines and not kept and all(_BARE_PREAMBLE.match(line) or line.rstrip().endswith(":") for line in lines):
+            return None, "preamble_only"  # "Sure! Here is a review:" and nothing after it
         # a preamble that carries the text after a colon ("Here is one: Great trip!") stays for
         # the colon rule
         t = "\n".join(kept if kept else lines)
+    if c.after_last_colon and ":" in t:
+        if hypothesis:
+            segment = _first_colon_segment(t, premise)
+            if segment is None:
+                return None, "hypothesis_copies_premise"
+            t = segment
+        else:
+            tail = t.rsplit(":", 1)[1]
+            if tail.strip():
+                t = tail
     if c.inside_quotes:
         quoted = [a or b for a, b in _QUOTED.findall(t)]
-        quoted = [q for q in quoted if q.strip()]
-        if quoted:
-            t = max(quoted, key=len)
-    if c.after_last_colon and ":" in t:
-        tail = t.rsplit(":", 1)[1]
-        if tail.strip():
-            t = tail
+        own = [q for q in quoted if q.strip() and not (hypothesis and _same(q, premise))]
+        if own:
+            t = max(own, key=len)
+        elif quoted and hypothesis and len(_norm(_QUOTED.sub(" ", t)).split()) <= 4:
+            return None, "hypothesis_copies_premise"  # 'Here it is: "<premise>"': nothing of its own
     if c.drop_review_prefix:
         t = _REVIEW.sub("", t)
     if c.ascii_only:
