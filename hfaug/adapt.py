@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from . import schema
 from .config import lazy_attributes, resolve
 from .errors import HfaugError, did_you_mean
-from .prompts import check_templates, instruction, templates_for
+from .prompts import base_key, check_templates, instruction, templates_for
 from .runs import StageContext, StageResult, stable_hash, write_json_atomic
 from .training import quiet_progress
 
@@ -65,7 +65,7 @@ def instruction_templates(task: "Task", overrides: dict[str, str] | None = None)
     if keys is None:
         raise HfaugError(f"adapt: no instruction templates for task '{task.name}'")
     for key in overrides or {}:
-        if key not in keys:
+        if base_key(key) not in keys:
             raise HfaugError(f"adapt.templates: '{key}' is not a {task.name} template key{did_you_mean(key, keys)}")
     try:
         check_templates(overrides or {})
@@ -78,7 +78,8 @@ def training_templates(task: "Task", generate_templates: dict[str, str] | None,
                        overrides: dict[str, str] | None) -> dict[str, str]:
     """The templates an adapter trains on: the generate section's (only the keys these
     instructions use: premise prompts are not trained on), then ``adapt.templates`` over them."""
-    inherited = {k: v for k, v in (generate_templates or {}).items() if k in INSTRUCTION_KEYS.get(task.name, ())}
+    inherited = {k: v for k, v in (generate_templates or {}).items()
+                 if base_key(k) in INSTRUCTION_KEYS.get(task.name, ())}
     return {**inherited, **(overrides or {})}
 
 
@@ -143,7 +144,7 @@ def _build_adapt_config():
             if self.max_train_rows is not None and self.max_train_rows < 1:
                 raise HfaugError(f"adapt.max_train_rows must be at least 1 or null, got {self.max_train_rows}")
             for key in self.templates:
-                if key not in TEMPLATE_KEYS:
+                if base_key(key) not in TEMPLATE_KEYS:
                     raise HfaugError(f"adapt.templates: unknown key '{key}'{did_you_mean(key, TEMPLATE_KEYS)}")
             try:
                 check_templates(self.templates)

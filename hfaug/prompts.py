@@ -8,6 +8,9 @@ A prompt is a list of chat messages (``[{"role": "system", ...}, {"role": "user"
 backend turns it into what its server expects (a chat template, a TGI prompt string, or OpenAI
 messages). Recipes override any template by key (``generate.templates``); placeholders are
 ``{domains}`` (sentiment system turn), ``{domain}`` (NLI premise) and ``{premise}`` (hypotheses).
+A key ``<key>@<qualifier>`` is that template for one label (``system@neutral``,
+``hypothesis_system@entailment``), one premise domain (``premise@travel``,
+``premise_system@travel``) or one variant (``neutral@strict``).
 
 Every request gets a seed derived from the run seed and its position (kind, label, index), never
 from the number of requests, so raising ``n`` only adds requests and a rerun finds the old ones
@@ -21,61 +24,141 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-#: sentiment: one prompt per class; the system turn casts the model as a reviewer
+# The authors' prompts, verbatim (train_llama2/generate_hiproduct_zeroshot.py and
+# generate_hiproduct_zeroshotneutral.py for sentiment, generate_bnsentiment_zeroshot.py for the news
+# variant, generate_xnlipremises_zeroshot.py and generate_xnlihypos_zeroshot.py for NLI). Only the
+# line indentation of their triple-quoted strings and the Llama-2 tags are left out: each backend
+# adds its own chat format. A key ``<key>@<qualifier>`` overrides ``<key>`` for one label (system
+# turns), one domain (premise prompts) or one variant (``neutral@strict``).
+
+#: sentiment: one user turn per class; the system turn casts the model as a reviewer, and neutral
+#: has its own fact-based system turn
 SENTIMENT_TEMPLATES: dict[str, str] = {
     "system": (
-        "You are a user who writes reviews of {domains}. Write only the review, nothing before or "
-        "after it."
+        "You are a user providing reviews on {domains}. Please only generate the review without any "
+        "additional content before or after."
     ),
-    "positive": "Write a single review of at most two short sentences indicating positive sentiment.",
-    "negative": "Write a single review of at most two short sentences indicating negative sentiment.",
+    "system@neutral": (
+        "You are a user who talks about {domains} in a fact-based, and non-opinionated manner. Please don't "
+        "involve emotional language or bias. Please only generate the description without any additional "
+        "content before or after."
+    ),
+    "positive": (
+        "Please generate a single review in not more than two short sentences on one of the system specified "
+        "products/movies/travels indicating a positive sentiment."
+    ),
+    "negative": (
+        "Please generate a single review in not more than two short sentences on one of the system specified "
+        "products/movies/travels indicating a negative sentiment."
+    ),
     "neutral": (
-        "Write a fact-based, non-opinionated, very short general sentence. Use no emotional language."
+        "Please generate a single and very short sentence on one of the system specified products/movies/travels. "
+        "It should provide very general information."
+    ),
+    # the stricter neutral of the extra neutral-only run (generate.n_strict_neutral)
+    "neutral@strict": (
+        "Please generate a single and very short sentence on one of the system specified products/movies/travels. "
+        "It should provide very general information, strictly do not use positive words or adjectives."
     ),
 }
 
 #: the stricter neutral variant of the authors' code (neutral is scarce after labelling)
-STRICT_NEUTRAL = (
-    "Write a fact-based, non-opinionated, very short general sentence. Use no emotional language "
-    "and no positive words."
-)
+STRICT_NEUTRAL = SENTIMENT_TEMPLATES["neutral@strict"]
 
-#: the paper's second sentiment variant: news on several topics
-NEWS_DOMAINS = ["politics", "sports", "food", "education", "travel"]
+#: the paper's second sentiment variant: reviews of news (generate.prompts: news)
+NEWS_TEMPLATES: dict[str, str] = {
+    "system": (
+        "You are a user providing reviews on news across a range of subjects, including politics, sports, food, "
+        "entertainment, education, lifestyle, travel, fashion, agriculture etc. Please only generate the review "
+        "without any additional content before or after."
+    ),
+    **{label: ("Please generate a single review in not more than two short sentences on news in one of the "
+               f"system specified subjects, indicating {what} sentiment.")
+       for label, what in (("positive", "a positive"), ("negative", "a negative"),
+                           ("neutral", "neither negative nor positive"))},
+}
+NEWS_DOMAINS = ["politics", "sports", "food", "entertainment", "education", "lifestyle", "travel", "fashion",
+                "agriculture"]
 
-#: NLI: premises first (one short sentence per domain draw), then one hypothesis per label
+_HYPOTHESIS_TAIL = ("Please ensure the generations are grammatically correct. Please only share the generation "
+                    "without any additional content before or after.")
+
+#: NLI: premises first (one short sentence per domain draw; travel has its own prompts), then one
+#: hypothesis per label: the instruction is the system turn, the premise the user turn
 NLI_TEMPLATES: dict[str, str] = {
-    "premise_system": "You write single short sentences. Write only the sentence, nothing before or after it.",
-    "premise": "Write one short single sentence about {domain}.",
-    "hypothesis_system": (
-        "You write single short sentences. Write only the sentence, nothing before or after it."
+    "premise_system": (
+        "Your job is to generate a diverse sentence in the domain provided by the user. Please only generate the "
+        "sentence without any additional content before or after."
     ),
-    "entailment": 'Sentence: "{premise}"\nWrite one short sentence that is implied by the sentence above.',
-    "neutral": (
-        'Sentence: "{premise}"\nWrite one short sentence that is related to the sentence above but is '
-        "neither implied nor contradicted by it."
+    "premise": "Please generate a single and short sentence belonging to the {domain} domain.",
+    "premise_system@travel": (
+        "You are a user who talks about other people's traveling experiences. Please only generate the traveling "
+        "experience in a single sentence without any additional content before or after."
     ),
-    "contradiction": (
-        'Sentence: "{premise}"\nWrite one short sentence that logically contradicts the sentence above.'
+    "premise@travel": "Please generate a single and short sentence.",
+    # the fallback for a label without its own system turn (each of the paper's labels has one)
+    "hypothesis_system": _HYPOTHESIS_TAIL,
+    "hypothesis_system@entailment": (
+        "Please generate a single sentence that is implied from the sentence provided by the user. The sentence "
+        "generated could encompass either a portion or the entirety of the information contained in the given "
+        "sentence. " + _HYPOTHESIS_TAIL
     ),
+    "hypothesis_system@neutral": (
+        "Please generate a single sentence related to the user provided sentence that is neither entailed nor "
+        "contradicts the user provided sentence. " + _HYPOTHESIS_TAIL
+    ),
+    "hypothesis_system@contradiction": (
+        "Please generate a single sentence that logically contradicts the information provided in the sentence "
+        "given by the user. " + _HYPOTHESIS_TAIL
+    ),
+    "entailment": "Sentence: {premise}",
+    "neutral": "Sentence: {premise}",
+    "contradiction": "Sentence: {premise}",
 }
 
-DEFAULT_SENTIMENT_DOMAINS = ["travels", "movies", "electronic gadgets"]
+#: joined into the system turn's {domains}: "travels, movies and various electronic gadgets", verbatim
+DEFAULT_SENTIMENT_DOMAINS = ["travels", "movies", "various electronic gadgets"]
 #: MNLI genres in the paper's mix
 DEFAULT_DOMAIN_MIX = {"travel": 0.4, "government": 0.4, "fiction": 0.2}
 
 TEMPLATES = {"sentiment": SENTIMENT_TEMPLATES, "nli": NLI_TEMPLATES}
+#: named prompt sets per task (generate.prompts)
+PROMPT_SETS = {"sentiment": {"paper": SENTIMENT_TEMPLATES, "news": NEWS_TEMPLATES}, "nli": {"paper": NLI_TEMPLATES}}
 #: the placeholders each template key may use
 ALLOWED_FIELDS = {"system": {"domains"}, "premise": {"domain"}, "premise_system": set(),
                   "hypothesis_system": set(), "entailment": {"premise"}, "neutral": {"premise"},
                   "contradiction": {"premise"}, "positive": set(), "negative": set()}
+#: the keys that take an ``@<qualifier>``, and what qualifies them
+QUALIFIED = {"system": "label", "hypothesis_system": "label", "premise": "domain", "premise_system": "domain",
+             "neutral": "variant", "positive": "variant", "negative": "variant"}
+SEPARATOR = "@"
 
 
-def templates_for(task: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """The task's default templates with the recipe's overrides applied (unknown keys were
-    rejected by the config)."""
-    out = dict(TEMPLATES[task])
-    out.update(overrides or {})
+def base_key(key: str) -> str:
+    """``system@neutral`` -> ``system``."""
+    return key.split(SEPARATOR, 1)[0]
+
+
+def pick(templates: dict[str, str], key: str, qualifier: str | None) -> str:
+    """The template ``key@qualifier`` when there is one, else ``key``."""
+    if qualifier is not None:
+        specific = templates.get(f"{key}{SEPARATOR}{qualifier}")
+        if specific is not None:
+            return specific
+    return templates[key]
+
+
+def templates_for(task: str, overrides: dict[str, str] | None = None, prompt_set: str = "paper") -> dict[str, str]:
+    """The task's templates (the named ``prompt_set``) with the recipe's overrides applied (unknown
+    keys were rejected by the config). Overriding a key replaces its qualified defaults too:
+    ``system`` set in a recipe is every label's system turn unless ``system@<label>`` is set as well."""
+    out = dict(PROMPT_SETS[task].get(prompt_set, TEMPLATES[task]))
+    overrides = overrides or {}
+    for key in overrides:
+        if SEPARATOR not in key:
+            for default in [k for k in out if base_key(k) == key and k != key and k not in overrides]:
+                del out[default]
+    out.update(overrides)
     return out
 
 
@@ -87,23 +170,33 @@ def check_templates(templates: dict[str, str]) -> None:
     """Raise ValueError for a template key no task has, or a placeholder its key may not use."""
     from .errors import did_you_mean
 
-    known = set(SENTIMENT_TEMPLATES) | set(NLI_TEMPLATES)
+    known = set(ALLOWED_FIELDS)
     for key, text in templates.items():
-        if key not in known:
-            raise ValueError(f"unknown template key '{key}'{did_you_mean(key, known)}")
-        extra = template_fields(text) - ALLOWED_FIELDS.get(key, set())
+        base, _, qualifier = key.partition(SEPARATOR)
+        if base not in known:
+            raise ValueError(f"unknown template key '{key}'{did_you_mean(base, known)}")
+        if SEPARATOR in key and (base not in QUALIFIED or not qualifier):
+            qualifiable = ", ".join(f"{k}{SEPARATOR}<{v}>" for k, v in QUALIFIED.items())
+            raise ValueError(f"template key '{key}': only {qualifiable} take a qualifier")
+        if not isinstance(text, str):
+            raise ValueError(f"template '{key}' must be a string, got {type(text).__name__}")
+        extra = template_fields(text) - ALLOWED_FIELDS.get(base, set())
         if extra:
             raise ValueError(f"template '{key}' uses {{{sorted(extra)[0]}}}; it may use only "
-                             f"{sorted(ALLOWED_FIELDS.get(key, set())) or 'no placeholders'}")
+                             f"{sorted(ALLOWED_FIELDS.get(base, set())) or 'no placeholders'}")
 
 
 def instruction(task: str, label: str, templates: dict[str, str], *, domains: list[str] | None = None,
-                premise: str | None = None) -> tuple[str, str]:
+                premise: str | None = None, variant: str | None = None) -> tuple[str, str]:
     """(system turn, user turn) that asks for one example of ``label``: a sentiment review (the
-    system turn names ``domains``) or an NLI hypothesis for ``premise``."""
+    system turn names ``domains``; each label may have its own) or an NLI hypothesis for
+    ``premise`` (the instruction in the label's system turn, the premise in the user turn).
+    ``variant`` picks a user turn ``<label>@<variant>`` (``neutral@strict``)."""
+    user = pick(templates, label, variant)
     if task == "nli":
-        return templates["hypothesis_system"], templates[label].format(premise=premise)
-    return templates["system"].format(domains=join_domains(domains or DEFAULT_SENTIMENT_DOMAINS)), templates[label]
+        return pick(templates, "hypothesis_system", label), user.format(premise=premise)
+    system = pick(templates, "system", label)
+    return system.format(domains=join_domains(domains or DEFAULT_SENTIMENT_DOMAINS)), user
 
 
 @dataclass(frozen=True)
@@ -167,9 +260,11 @@ def _with_shots(user: str, shots: Shots | None, number: int, meta: dict) -> str:
 
 
 def sentiment_requests(labels, n_per_class: int | dict[str, int], templates: dict[str, str], domains: list[str],
-                       seed: int, shots: Shots | None = None) -> list[Request]:
+                       seed: int, shots: Shots | None = None, n_strict_neutral: int = 0) -> list[Request]:
     """One prompt per class, ``n_per_class`` requests each (or a count per label), cycling
-    through the classes as the authors did (so a crash mid-run leaves the classes balanced)."""
+    through the classes as the authors did (so a crash mid-run leaves the classes balanced);
+    then ``n_strict_neutral`` neutral-only requests with the ``neutral@strict`` user turn (the
+    authors' extra neutral run, generate_hiproduct_zeroshotneutral.py)."""
     turns = {label: instruction("sentiment", label, templates, domains=domains) for label in labels}
     counts = n_per_class if isinstance(n_per_class, dict) else {label: n_per_class for label in labels}
     out = []
@@ -182,6 +277,13 @@ def sentiment_requests(labels, n_per_class: int | dict[str, int], templates: dic
             user = _with_shots(user, shots, i * len(labels) + j, meta)
             out.append(Request("review", label, i, _messages(system, user), request_seed(seed, "review", label, i),
                                meta))
+    if n_strict_neutral:
+        system, user = instruction("sentiment", "neutral", templates, domains=domains, variant="strict")
+        for i in range(n_strict_neutral):
+            meta = {"variant": "strict"}
+            turn = _with_shots(user, shots, sum(counts.values()) + i, meta)
+            out.append(Request("review", "neutral", i, _messages(system, turn),
+                               request_seed(seed, "review-strict", "neutral", i), meta))
     return out
 
 
@@ -191,8 +293,8 @@ def premise_requests(n: int, templates: dict[str, str], mix: dict[str, float], s
     for i in range(n):
         domain = domain_for(i, mix)
         meta = {"domain": domain}
-        user = _with_shots(templates["premise"].format(domain=domain), shots, i, meta)
-        out.append(Request("premise", None, i, _messages(templates["premise_system"], user),
+        user = _with_shots(pick(templates, "premise", domain).format(domain=domain), shots, i, meta)
+        out.append(Request("premise", None, i, _messages(pick(templates, "premise_system", domain), user),
                            request_seed(seed, "premise", i), meta))
     return out
 

@@ -292,6 +292,10 @@ SAMPLING_KEYS = ("backend", "temperature", "premise_temperature", "top_p", "top_
                  "n_premises", "seed", "stop")
 
 
+#: generation settings a server backend cannot send (hfaug.generate.GenerateConfig.not_applied)
+_NOT_APPLIED = {"tgi": ("no_repeat_ngram_size",), "openai": ("no_repeat_ngram_size", "top_k")}
+
+
 def provenance(ctx: StageContext, configs: dict[str, dict[str, "datasets.Dataset"]]) -> dict[str, Any]:
     """Who made the data: generator and its sampling, MT model, teacher, selection (for the card)."""
     secrets = _secrets()
@@ -305,6 +309,10 @@ def provenance(ctx: StageContext, configs: dict[str, dict[str, "datasets.Dataset
             if isinstance(where, dict) and where.get(key) not in (None, "", [], {}):
                 sampling[key] = where[key]
                 break
+    backend = gen_config.get("backend")
+    for key in _NOT_APPLIED.get(backend, ()):
+        if key in sampling:  # never listed as used: the server has no such parameter
+            sampling[key] = f"{sampling[key]} (not applied: the {backend} backend has no such parameter)"
     candidates = configs.get(CANDIDATES_CONFIG, {}).get("train")
     if candidates is not None and len(candidates):
         if gen_model is None and schema.GEN_MODEL in candidates.column_names:

@@ -83,7 +83,7 @@ def test_cli_adapt_writes_adapter_and_lowers_loss(trained):
     import datasets
 
     prompts = datasets.load_from_disk(str(stage / "pairs"))["prompt"]
-    assert all("reviews of hotels and trains" in p[0]["content"] for p in prompts)  # generate's system turn
+    assert all("hotels and trains" in p[0]["content"] for p in prompts)  # generate's system turns
     assert manifest["config"]["report_to"] == []
     info = json.loads((stage / "adapt.json").read_text())
     assert info["adapter"] == "adapter" and info["base_model"] == "hfaug://tiny/chat-lm"

@@ -645,3 +645,111 @@ def test_held_out_rows_are_set_aside_before_the_pool_cap(tgi, tmp_path):
     assert not set(held) & set(pool) and set(held) | set(pool) <= set(everything)
     assert held == everything[:4]  # the same seeded shuffle: the first rows are held out
     assert manifest["dropped"].get("over_max_rows", 0) == len(everything) - 4 - len(pool)
+
+
+# ---------------------------------------------------------------------------------------------
+# the authors' prompts, verbatim (train_llama2/generate_*_zeroshot*.py)
+
+AUTHORS_REVIEW_SYSTEM = ("You are a user providing reviews on travels, movies and various electronic gadgets. Please "
+                         "only generate the review without any additional content before or after.")
+AUTHORS_NEUTRAL_SYSTEM = ("You are a user who talks about travels, movies and various electronic gadgets in a "
+                          "fact-based, and non-opinionated manner. Please don't involve emotional language or bias. "
+                          "Please only generate the description without any additional content before or after.")
+AUTHORS_POSITIVE = ("Please generate a single review in not more than two short sentences on one of the system "
+                    "specified products/movies/travels indicating a positive sentiment.")
+AUTHORS_NEUTRAL = ("Please generate a single and very short sentence on one of the system specified "
+                   "products/movies/travels. It should provide very general information.")
+AUTHORS_STRICT = ("Please generate a single and very short sentence on one of the system specified "
+                  "products/movies/travels. It should provide very general information, strictly do not use "
+                  "positive words or adjectives.")
+AUTHORS_ENTAIL_SYSTEM = ("Please generate a single sentence that is implied from the sentence provided by the user. "
+                         "The sentence generated could encompass either a portion or the entirety of the information "
+                         "contained in the given sentence. Please ensure the generations are grammatically correct. "
+                         "Please only share the generation without any additional content before or after.")
+
+
+def test_sentiment_prompts_are_the_authors_per_label_with_the_strict_neutral_run():
+    from hfaug.generate import GenerateConfig
+    from hfaug.prompts import sentiment_requests
+
+    config = GenerateConfig()
+    task = get_task("sentiment")
+    requests = sentiment_requests(task.labels, 1, templates_for("sentiment"), config.domains, 0, n_strict_neutral=2)
+    chats = {(r.label, r.meta.get("variant")): r.chat for r in requests}
+    assert chats["positive", None] == [{"role": "system", "content": AUTHORS_REVIEW_SYSTEM},
+                                       {"role": "user", "content": AUTHORS_POSITIVE}]
+    assert chats["neutral", None] == [{"role": "system", "content": AUTHORS_NEUTRAL_SYSTEM},
+                                      {"role": "user", "content": AUTHORS_NEUTRAL}]
+    assert chats["neutral", "strict"][1]["content"] == AUTHORS_STRICT
+    assert len(requests) == 5 and len({r.seed for r in requests}) == 5
+    # the news variant: one system turn for every label
+    news = sentiment_requests(task.labels, 1, templates_for("sentiment", prompt_set="news"), config.domains, 0)
+    assert {r.chat[0]["content"] for r in news} == {
+        "You are a user providing reviews on news across a range of subjects, including politics, sports, food, "
+        "entertainment, education, lifestyle, travel, fashion, agriculture etc. Please only generate the review "
+        "without any additional content before or after."}
+    assert {r.label: r for r in news}["neutral"].chat[1]["content"].endswith("on news in one of the system specified subjects, indicating "
+                                                                   "neither negative nor positive sentiment.")
+    # a recipe's own system turn replaces every label's (unless it names one too)
+    mine = templates_for("sentiment", {"system": "Mine about {domains}.", "system@positive": "Pos."})
+    own = {r.label: r.chat[0]["content"] for r in sentiment_requests(task.labels, 1, mine, ["x"], 0)}
+    assert own == {"negative": "Mine about x.", "neutral": "Mine about x.", "positive": "Pos."}
+    assert config.top_k == 50
+
+
+def test_nli_prompts_are_the_authors_per_domain_and_per_label():
+    from hfaug.prompts import hypothesis_requests
+
+    templates = templates_for("nli")
+    mix = {"travel": 0.5, "government": 0.5}
+    premises = {r.meta["domain"]: r.chat for r in premise_requests(4, templates, mix, 1)}
+    assert premises["travel"] == [
+        {"role": "system", "content": "You are a user who talks about other people's traveling experiences. Please "
+                                      "only generate the traveling experience in a single sentence without any "
+                                      "additional content before or after."},
+        {"role": "user", "content": "Please generate a single and short sentence."}]
+    assert premises["government"][1]["content"] == ("Please generate a single and short sentence belonging to the "
+                                                    "government domain.")
+    hyps = {r.label: r.chat for r in hypothesis_requests([(0, "travel", "It rained.")], get_task("nli").labels,
+                                                         templates, 1)}
+    assert hyps["entailment"] == [{"role": "system", "content": AUTHORS_ENTAIL_SYSTEM},
+                                  {"role": "user", "content": "Sentence: It rained."}]  # no quotes
+    assert hyps["contradiction"][0]["content"].startswith("Please generate a single sentence that logically "
+                                                          "contradicts")
+    # a user's own per-domain premise prompt and per-label hypothesis instruction
+    own = templates_for("nli", {"premise@fiction": "Tell a {domain} line.", "hypothesis_system@neutral": "N."})
+    fiction = premise_requests(5, own, {"fiction": 1.0}, 1)[0]
+    assert fiction.chat[1]["content"] == "Tell a fiction line."
+    assert hypothesis_requests([(0, "x", "P.")], ["neutral"], own, 1)[0].chat[0]["content"] == "N."
+
+
+@pytest.mark.parametrize("templates, message", [
+    ({"positive@x": "{premise}"}, "uses {premise}"),
+    ({"negtive@strict": "x"}, "did you mean 'negative'"),
+    ({"entailment@x": "x"}, "only system@<label>"),
+])
+def test_qualified_template_keys_are_checked(tmp_path, capsys, templates, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe_dict(tmp_path, "sentiment", {"templates": templates})))
+    assert cli.main(["generate", "--config", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_repeat_ngram_size_is_recorded_as_not_applied_on_servers(tgi, tmp_path, caplog):
+    import logging
+
+    run = make_run(tmp_path, "sentiment", {"backend": "tgi", "endpoints": [tgi.url], "n_per_class": 1,
+                                           "no_repeat_ngram_size": 2})
+    with caplog.at_level(logging.WARNING, logger="hfaug.generate"):
+        manifest, _ = run_stage(run, "generate")
+    warnings = [r.getMessage() for r in caplog.records if "not applied" in r.getMessage()]
+    assert len(warnings) == 1 and "no_repeat_ngram_size=2" in warnings[0]
+    assert manifest["metrics"]["not_applied"] == {"no_repeat_ngram_size": 2}
+    params = json.loads(run.load("generate")[0]["gen_params"])
+    assert "no_repeat_ngram_size" not in params and params["top_k"] == 50  # what was sent
+    from hfaug.publish import provenance
+    from hfaug.runs import StageContext
+
+    ctx = StageContext(run=run, stage="publish", config=None, out_dir=tmp_path)
+    sampling = provenance(ctx, {})["generator"]["sampling"]
+    assert sampling["no_repeat_ngram_size"].startswith("2 (not applied")

@@ -87,19 +87,34 @@ class GenerateConfig:
         "help": "Sentiment: what the reviewer reviews (the paper: travels, movies, electronic gadgets)."})
     domain_mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_DOMAIN_MIX), metadata={
         "help": "NLI: premise domains and their shares (the paper: MNLI's travel 0.4, government 0.4, fiction 0.2)."})
+    prompts: Literal["paper", "news"] = field(default="paper", metadata={
+        "help": "The authors' prompt set: 'paper' (reviews of travels, movies, gadgets; NLI premises and "
+                "hypotheses) or 'news' (sentiment: reviews of news, generate_bnsentiment_zeroshot.py)."})
     templates: dict[str, str] = field(default_factory=dict, metadata={
         "help": "Prompt overrides by key: sentiment system/negative/neutral/positive; nli premise_system/"
-                "premise/hypothesis_system/entailment/neutral/contradiction."})
+                "premise/hypothesis_system/entailment/neutral/contradiction. '<key>@<label>' is one label's "
+                "system turn (system@neutral, hypothesis_system@entailment), '<key>@<domain>' one domain's premise "
+                "prompt (premise@travel, premise_system@travel), neutral@strict the strict neutral user turn. "
+                "Overriding a key replaces its '@' defaults too."})
+    n_strict_neutral: int = field(default=0, metadata={
+        "help": "Sentiment: extra neutral-only requests with the strict neutral prompt (neutral@strict), the "
+                "authors' extra run of 200,000 (generate_hiproduct_zeroshotneutral.py)."})
     temperature: float = field(default=1.5, metadata={"help": "Sampling temperature (reviews, hypotheses)."})
     premise_temperature: float = field(default=1.7, metadata={"help": "NLI: temperature for premises."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling."})
-    top_k: int | None = field(default=None, metadata={"help": "Top-k sampling (none by default)."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Most new tokens per review / hypothesis."})
-    premise_max_new_tokens: int = field(default=128, metadata={"help": "NLI: most new tokens per premise."})
+    top_k: int | None = field(default=50, metadata={
+        "help": "Top-k sampling (50: the transformers default the authors' generate calls got); null: off."})
+    max_new_tokens: int = field(default=256, metadata={
+        "help": "Most new tokens per review / hypothesis. The authors capped prompt + reply at max_length 256 "
+                "(200 for the strict-neutral run); their prompts take ~70-110 Llama-2 tokens, so replies had "
+                "~150-180 tokens; 256 new tokens cuts no reply they could get (docs/fidelity.md)."})
+    premise_max_new_tokens: int = field(default=128, metadata={
+        "help": "NLI: most new tokens per premise (the authors: max_length 128, prompt included)."})
     min_new_tokens: int = field(default=0, metadata={
         "help": "transformers only: least new tokens (random-weight test models need it)."})
     no_repeat_ngram_size: int = field(default=2, metadata={
-        "help": "transformers only (TGI and OpenAI servers lack it): no repeated n-grams of this size."})
+        "help": "transformers only: no repeated n-grams of this size. TGI and OpenAI servers lack it: with those "
+                "backends it is not applied, which a warning, the manifest and the card say."})
     repetition_penalty: float | None = field(default=None, metadata={"help": "Repetition penalty."})
     stop: list[str] = field(default_factory=list, metadata={"help": "Stop sequences."})
     prompt_format: str = field(default="llama2", metadata={
@@ -169,7 +184,30 @@ class GenerateConfig:
             raise ValueError("generate.domain_mix must map domains to non-negative shares with a positive sum")
         if not self.domains:
             raise ValueError("generate.domains must name at least one domain")
+        if self.n_strict_neutral < 0:
+            raise ValueError(f"generate.n_strict_neutral must be 0 or more, got {self.n_strict_neutral}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"generate.top_k must be at least 1 or null, got {self.top_k}")
         check_templates(self.templates)
+
+    def prompt_set(self, task: "Task") -> str:
+        """The prompt set for ``task``; one the task does not have is a user error."""
+        from ..prompts import PROMPT_SETS
+
+        if self.prompts not in PROMPT_SETS[task.name]:
+            raise HfaugError(f"generate.prompts: '{self.prompts}' is a sentiment prompt set; {task.name} has "
+                             f"{', '.join(PROMPT_SETS[task.name])}")
+        return self.prompts
+
+    def not_applied(self) -> dict[str, Any]:
+        """Settings the backend cannot send (TGI and OpenAI servers have no no_repeat_ngram_size):
+        recorded in the manifest and the card, never silently listed as used."""
+        out: dict[str, Any] = {}
+        if self.backend in ("tgi", "openai") and self.no_repeat_ngram_size:
+            out["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        if self.backend == "openai" and self.top_k:
+            out["top_k"] = self.top_k  # the OpenAI chat API has no top_k
+        return out
 
     def counts(self, task: "Task") -> dict[str, int]:
         """Sentiment generations per label; an unknown label in n_by_label is a user error."""
@@ -262,7 +300,7 @@ def _open_cache(cache_dir):
 
 async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "Backend", cache, shots=None):
     start = time.perf_counter()
-    templates = templates_for(task.name, config.templates)
+    templates = templates_for(task.name, config.templates, config.prompt_set(task))
     stats: Counter = Counter()
     dropped: Counter = Counter()
     raw_rows: list[dict] = []
@@ -272,7 +310,7 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
             backend.check_lengths(max(config.max_new_tokens, config.premise_max_new_tokens))
         if task.name == "sentiment":
             requests = sentiment_requests(task.labels, config.counts(task), templates, config.domains, seed,
-                                          shots and shots["review"])
+                                          shots and shots["review"], config.n_strict_neutral)
             params = config.sampling("review")
             results = await _send(backend, requests, params, config, cache, stats, "reviews")
             rows = []
@@ -430,7 +468,7 @@ async def _send(backend, requests: list[Request], params, config: GenerateConfig
 
 def _gen_params(params: dict, request: Request, backend, **extra) -> str:
     out = {**params, "seed": request.seed, "backend": backend.name}
-    for key in ("domain", "few_shot_ids"):
+    for key in ("domain", "few_shot_ids", "variant"):
         if request.meta.get(key):
             out[key] = request.meta[key]
     for key, value in extra.items():
@@ -494,8 +532,15 @@ def run(ctx: "StageContext") -> "StageResult":
     from ..runs import StageResult
 
     config = _with_adapt_stage(ctx)
+    not_applied = config.not_applied()
+    if not_applied:
+        logger.warning("generate: %s is not applied: the %s backend has no such parameter (recorded as not "
+                       "applied in the manifest and the dataset card)", ", ".join(f"{k}={v}" for k, v in
+                                                                               not_applied.items()), config.backend)
     datasets_, dropped, metrics = generate(config, ctx.task, seed=ctx.seed, cache_dir=ctx.cache_dir,
                                            source=_shot_source(ctx, config))
+    if not_applied:
+        metrics["not_applied"] = not_applied
     if config.adapter:
         metrics["adapter"] = str(config.adapter)
     requested = metrics["rows_requested"]
@@ -551,7 +596,7 @@ def dry_run(run: "Run", config: GenerateConfig | None = None) -> str:
     config = _with_adapt_stage(ctx)
     task = run.task
     seed = run.recipe.run.seed
-    templates = templates_for(task.name, config.templates)
+    templates = templates_for(task.name, config.templates, config.prompt_set(task))
     shots = _shots(config, task, seed, _shot_source(ctx, config))
     backend = make_backend(config, model=config.model_ref)
     if hasattr(backend, "details"):
@@ -559,7 +604,7 @@ def dry_run(run: "Run", config: GenerateConfig | None = None) -> str:
     n = config.dry_run_requests
     if task.name == "sentiment":
         phases = [("reviews", sentiment_requests(task.labels, config.counts(task), templates, config.domains, seed,
-                                                 shots and shots["review"]), config.sampling("review"))]
+                                                 shots and shots["review"], config.n_strict_neutral), config.sampling("review"))]
     else:
         premises = premise_requests(config.n_premises, templates, config.domain_mix, seed, shots and shots["premise"])
         fake = [(r.index, r.meta["domain"], "The museum opens at nine every morning.") for r in premises]
