@@ -452,3 +452,17 @@ def test_translated_source_replaces_the_gold_rows(tmp_path):
     ctx.config = load_recipe(_recipe(tmp_path, train_on_translated_source=["mr"])).distill
     with pytest.raises(HfaugError, match="no translated source for 'mr'"):
         D._gold_data(ctx)
+
+
+def test_dev_evaluation_every_n_optimiser_steps_with_gradient_accumulation(tmp_path, tiny_encoder):
+    """The paper's cadence (train_ST_as.sh): batch x gradient accumulation, dev evaluation and best
+    checkpoint every N optimiser steps (100 in the paper recipes; 2 here)."""
+    texts = _texts(32, seed=5)
+    gold = datasets.Dataset.from_dict({"text": texts, "label": [int(_teacher(t).argmax()) for t in texts]})
+    dev = datasets.Dataset.from_dict({"text": texts[:8], "label": gold["label"][:8]})
+    config = _config(tmp_path, num_train_epochs=1.0, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                     eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2)
+    out = D.distill(gold, None, config, SENTIMENT, dev=dev, seed=1)
+    steps = [e["step"] for e in out.log_history if "eval_accuracy" in e]
+    assert steps == [2, 4]  # 32 rows / (4 x 2) = 4 optimiser steps, evaluated every 2
+    assert out.metrics["best_step"] in (2, 4)
