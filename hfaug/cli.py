@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", metavar="STAGE", help="rerun STAGE and everything after it")
     p.add_argument("--output-dir", help="folder for run directories (recipe: output_dir)")
     p.add_argument("--name", help="run name (recipe: name)")
+    p.add_argument("--dry-run", action="store_true", dest="plan",
+                   help="print the setting, the stage order and the resolved prompts; run nothing")
 
     from .pipeline import PIPELINE  # light: no torch, transformers or datasets
 
@@ -190,6 +192,11 @@ def _dispatch(args, extra: list[str]) -> int:
     from . import pipeline
 
     quiet_libraries(args.verbose)
+    if args.command == "run" and getattr(args, "plan", False):
+        from .plan import plan
+
+        print(plan(recipe))
+        return 0
     if args.command == "run":
         run = pipeline.run_pipeline(recipe, force=args.force)
         print(pipeline.summary(run))

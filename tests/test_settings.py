@@ -127,3 +127,23 @@ def test_both_settings_end_to_end(tmp_path):
     card = (run.stage_dir("publish") / "hub-layout" / "README.md").read_text()
     assert "| setting | `english-teacher`" in card
     assert datasets.load_from_disk(str(run.stage_dir("label") / "data")).num_rows == len(generated)
+
+
+def test_run_dry_run_prints_setting_stage_order_and_prompts(tmp_path, capsys, monkeypatch):
+    from hfaug import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "paper/xnli-hi", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "setting: translated-teacher" in out
+    order = [line.split()[1] for line in out.splitlines() if line.strip()[:3].strip(". ").isdigit()]
+    assert order.index("translate") < order.index("label")
+    assert "label            <- translate, teacher" in out
+    assert "premise (travel):" in out and "    user: Please generate a single and short sentence.\n" in out
+    assert "    user: Sentence: {premise}" in out
+    assert not list(tmp_path.iterdir())  # nothing written
+
+    assert cli.main(["run", "paper/sentiment-mr", "--setting", "english-teacher", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "setting: english-teacher" in out and "translate" not in out.split("prompts:")[0].split("stages:")[1]
+    assert "neutral (strict, x200000):" in out and "fact-based, and non-opinionated" in out
