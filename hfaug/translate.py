@@ -17,8 +17,9 @@ Output columns: the input's, with text (or premise + hypothesis) translated,
     id = make_id(task, lang, *translated texts), source_id = the English row's id, lang = ISO code.
 
 Stages: ``translate`` reads the label stage's ``data`` (the generate stage's in the recipe's
-``translated-teacher`` setting) and writes one dataset per language named by its code (``hi``, ``mr``); ``translate-source`` reads the source stage's ``train``/``dev`` and
-writes ``train-<lang>``/``dev-<lang>`` (the paper's translated-teacher setting).
+``translated-teacher`` setting) and writes one dataset per language named by its code (``hi``,
+``mr``); ``translate-source`` reads the source stage's ``train``/``dev`` and writes
+``train-<lang>``/``dev-<lang>`` (the paper's translated-teacher setting).
 """
 
 from __future__ import annotations

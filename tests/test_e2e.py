@@ -79,6 +79,8 @@ def test_second_demo_run_skips_every_stage(demo_run):
 def small_recipe(out: Path, **publish) -> dict:
     data = yaml.safe_load(find_recipe("demo").read_text())
     data.update(name="small", output_dir=str(out))
+    data["source"].update(limit=48)  # the translated-teacher setting translates the source too
+    data["source"]["dev"].update(limit=12)
     data["generate"].update(n_per_class=8, llm_labels=False)
     data["teacher"].update(epochs=3)
     data["translate"].update(languages=["hi"])
