@@ -175,9 +175,9 @@ def collect(ctx: StageContext) -> dict[str, dict[str, "datasets.Dataset"]]:
             out[name] = {"train": _typed(run.load("select", name), task, f"select/{name}")}
     if config.candidates and run.manifest("label") is not None:
         out[CANDIDATES_CONFIG] = {"train": _typed(run.load("label"), task, "label/data")}
-    # the english-teacher setting translates nothing: an older run's translations are not its data
+    # a run stated as english-teacher translates nothing: an older run's translations are not its data
     if config.source_translated and run.manifest("translate-source") is not None and \
-            ctx.recipe.setting != "english-teacher":
+            ctx.recipe.run.setting != "english-teacher":
         splits: dict[str, list[datasets.Dataset]] = {}
         source_rows = run.manifest("translate-source").get("rows_out") or {}
         for name in run.outputs("translate-source"):
