@@ -156,7 +156,8 @@ def test_reproduce_from_the_hub_yields_the_published_data(hub, tmp_path):
     for config in configs:
         published = datasets.load_dataset(repo, config, revision="v1", split="train")
         rebuilt = datasets.load_dataset(str(layout), config, split="train")
-        cols = ["id", "label", "soft_label"]
+        # source-translated (the translated-teacher setting translates the source) has no soft labels
+        cols = [c for c in ("id", "label", "soft_label") if c in published.column_names]
         assert sorted(zip(*(published[c] for c in cols))) == sorted(zip(*(rebuilt[c] for c in cols))), config
 
 
