@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import health
 from .config import Recipe, import_entry, to_dict
 from .errors import HfaugError, did_you_mean
 from .runs import Run, execute
@@ -94,8 +95,10 @@ def run_stage(run: Run, name: str, *, force: bool = False) -> tuple[dict, bool]:
     inputs = [i for i in stage.inputs if i in {s.name for s in planned(recipe)}]
     for dep in inputs:
         run.require(dep)
-    return execute(run, name, stage_function(stage), recipe.sections[stage.section], inputs,
-                   force=force, reads=stage_reads(recipe, stage))
+    manifest, skipped = execute(run, name, stage_function(stage), recipe.sections[stage.section], inputs,
+                                force=force, reads=stage_reads(recipe, stage))
+    health.enforce(run, name, manifest)  # warns, or stops the run after a stage that finished broken
+    return manifest, skipped
 
 
 def stage_reads(recipe: Recipe, stage: Stage) -> dict:
@@ -147,6 +150,11 @@ def summary(run: Run, report: list | None = None) -> str:
         for line in _metric_lines(manifest.get("metrics") or {}):
             lines.append(f"  {name}: {line}")
     lines += ["", f"outputs: {run.root}/<stage>/ (manifest.json in each)"]
+    if run.recipe.run.health != "off":
+        problems = [p for name, _, m, _ in report for p in health.findings(run, name, m)]
+        if problems:
+            lines += ["", "health (see the log for each; recipe key health: warn|stop|off):"]
+            lines += [f"  {p}" for p in problems]
     hints = [h for _, _, m, _ in report for h in (m.get("extra") or {}).get("next", [])]
     if hints:
         lines += ["next:"] + [f"  {h}" for h in hints]
