@@ -138,14 +138,16 @@ def summary(run: Run, report: list | None = None) -> str:
     """A plain-text table of a run: stages, status, rows, drops, metrics and where things are."""
     report = report if report is not None else run.report
     lines = [f"hfaug run '{run.recipe.run.name}' ({run.recipe.run.task}) in {run.root}", ""]
-    header = f"{'stage':<17} {'status':<8} {'rows in':>8} {'rows out':<34} {'dropped':<30} {'time':>7}"
-    lines += [header, "-" * len(header)]
+    # `dropped` is the last column and never cut: every dropped row is counted by reason, and the
+    # reasons are what a user reads the table for
+    header = f"{'stage':<17} {'status':<8} {'rows in':>8} {'rows out':<34} {'time':>7}  dropped"
+    lines += [header, "-" * (len(header) + 23)]
     for name, status, manifest, _ in report:
         rows_out = ", ".join(f"{k}={v}" for k, v in (manifest.get("rows_out") or {}).items()) or "-"
         dropped = ", ".join(f"{k}={v}" for k, v in (manifest.get("dropped") or {}).items()) or "-"
         rows_in = manifest.get("rows_in")
         lines.append(f"{name:<17} {status:<8} {rows_in if rows_in is not None else '-':>8} "
-                     f"{_clip(rows_out, 34):<34} {_clip(dropped, 30):<30} {manifest.get('wall_time_s', 0):>6.1f}s")
+                     f"{_clip(rows_out, 34):<34} {manifest.get('wall_time_s', 0):>6.1f}s  {dropped}")
     for name, _, manifest, _ in report:
         for line in _metric_lines(manifest.get("metrics") or {}):
             lines.append(f"  {name}: {line}")
