@@ -91,13 +91,18 @@ def test_the_parity_hint_suggests_only_fixes_that_can_help():
     # fp32 fails: no quantisation setting can fix it
     fp32 = gate_hint({"fp32": None}, {"fp32": {"agreement": 0.9, "max_prob_diff": 0.2}, "int8": ok}, ExportConfig())
     assert "opset" in fp32 and "per_channel" not in fp32 and "quantize" not in fp32
-    # int8 fails with per_channel already on: not suggested again; near-ties make min_agreement a fix
+    # int8 flips on rows the student scores as near-ties (gap within twice the probability shift):
+    # per-channel scales do not change those (measured on the tiny NLI student: 79% agreement
+    # either way), training longer does; accepting them is the other honest option
+    figures = {"fp32": ok, "int8": {"agreement": 0.79, "max_prob_diff": 2e-4}}
+    ties = gate_hint({"int8": 0.0}, figures, ExportConfig())
+    assert "per_channel" not in ties and "train the student longer" in ties
+    assert "min_agreement 0.790" in ties and "quantize: false" in ties
+    # confident rows that flip: finer scales may help, unless already on; the gate is not lowered
     figures = {"fp32": ok, "int8": {"agreement": 0.95, "max_prob_diff": 0.1}}
-    int8 = gate_hint({"int8": 0.01}, figures, ExportConfig(per_channel=True))
-    assert "per_channel" not in int8 and "min_agreement 0.950" in int8 and "quantize: false" in int8
-    # confident rows that flip: lowering the gate would hide a real problem, so it is not offered
-    assert "min_agreement" not in gate_hint({"int8": 0.4}, figures, ExportConfig())
-    assert "per_channel: true" in gate_hint({"int8": 0.4}, figures, ExportConfig())
+    confident = gate_hint({"int8": 0.4}, figures, ExportConfig())
+    assert "per_channel: true" in confident and "min_agreement" not in confident and "longer" not in confident
+    assert "per_channel" not in gate_hint({"int8": 0.4}, figures, ExportConfig(per_channel=True))
 
 
 def test_the_docs_reference_no_file_the_user_does_not_have():
