@@ -85,7 +85,7 @@ def test_sentiment_end_to_end_cache_and_growing_n(tgi, tmp_path):
     assert len(data) == 30 and len(set(data["id"])) == 30
     assert sorted(data["prompt_label"]) == sorted([0, 1, 2] * 10)
     assert set(data["lang"]) == {"en"} and set(data["origin"]) == {"synthetic"}
-    assert set(data["gen_model"]) == {"hfaug/tgi-test"}  # from /info
+    assert set(data["gen_model"]) == {"hfaug://tiny/chat-lm"}  # from /info
     params = [json.loads(p) for p in data["gen_params"]]
     assert len({p["seed"] for p in params}) == 30 and {p["temperature"] for p in params} == {1.5}
     # the server wraps some texts in scaffolding ("Review: ...", quotes): the clean text has none
@@ -518,7 +518,7 @@ def test_server_info_sizes_concurrency_and_checks_lengths(tmp_path):
             await backend.close()
 
         run_sync(go())
-        assert backend.max_concurrency == 7 and backend.model_id == "hfaug/tgi-test"
+        assert backend.max_concurrency == 7 and backend.model_id == "hfaug://tiny/chat-lm"
 
 
 def test_backend_generate_is_the_plain_interface(tgi):

@@ -120,6 +120,7 @@ async def aclassify(dataset: "datasets.Dataset", task: "Task", backend: "Backend
         schema.make_id(task.name, *(dataset[c][i] for c in task.text_columns)) for i in range(len(dataset))]
     rows = {schema.ID: [], LLM_LABEL: [], LLM_SOFT_LABEL: [], LLM_ANSWER: []}
     stats = {"unparsed": 0, "from_logprobs": 0, "failed": 0}
+    unusable: list[str] = []
     for i, key in enumerate(outcome.keys):
         result = outcome.results.get(key)
         if result is None:
@@ -136,11 +137,14 @@ async def aclassify(dataset: "datasets.Dataset", task: "Task", backend: "Backend
             probs = [1.0 if j == label else 0.0 for j in range(task.num_labels)]
         else:
             stats["unparsed"] += 1
+            unusable.append(key)
             probs = [1.0 / task.num_labels] * task.num_labels
         rows[schema.ID].append(ids[i])
         rows[LLM_LABEL].append(label)
         rows[LLM_SOFT_LABEL].append(probs)
         rows[LLM_ANSWER].append(answer)
+    if unusable and cache is not None:
+        cache.discard(unusable)  # an answer naming no label is not a success: asked again next run
     features = datasets.Features({
         schema.ID: datasets.Value("string"),
         LLM_LABEL: datasets.ClassLabel(names=list(task.labels)),
