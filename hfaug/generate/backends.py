@@ -150,16 +150,21 @@ def _pooled_client_class():
             return None
 
     class PooledAsyncInferenceClient(AsyncInferenceClient):
-        def __init__(self, *args, session=None, **kwargs):
-            super().__init__(*args, **kwargs)
+        def __init__(self, *args, session=None, auth: str | None = None, **kwargs):
+            super().__init__(*args, token=auth, **kwargs)
             self._shared_session = session
+            self._auth = auth
 
         def _get_client_session(self, headers=None):
             if self._shared_session is None:
                 return super()._get_client_session(headers=headers)
             import aiohttp
 
-            merged = {**self.headers, **(headers or {})}
+            # the Authorization header is hfaug's choice per endpoint (token_for): the client would
+            # otherwise add the login token of this machine to whatever URL it posts to
+            merged = {k: v for k, v in {**self.headers, **(headers or {})}.items() if k.lower() != "authorization"}
+            if self._auth:
+                merged["authorization"] = f"Bearer {self._auth}"
             return _SessionView(self._shared_session, merged, aiohttp.ClientTimeout(total=self.timeout))
 
     return PooledAsyncInferenceClient
@@ -266,8 +271,7 @@ class _ServerBackend(Backend):
         await self._read_info()
 
     def _client_for(self, cls, url):
-        # token=False: huggingface_hub would otherwise send the login token to any URL
-        return cls(model=url, timeout=self.timeout, headers=self.headers, token=self.tokens[url] or False,
+        return cls(model=url, timeout=self.timeout, headers=self.headers, auth=self.tokens[url],
                    session=self._session)
 
     async def _read_info(self) -> None:
