@@ -8,7 +8,7 @@ with top tokens / top logprobs for the answer.
 
 Injectable behaviour (``configure()`` in process, or ``POST /_admin/config``):
 ``latency`` seconds per request; ``fault_rate`` with ``faults`` drawn from 429, 503, timeout,
-malformed, disconnect, 422; ``reject_after`` = N: every generation request after the first N is
+malformed, disconnect, 422, 424; ``reject_after`` = N: every generation request after the first N is
 answered 422 with ``reject_message``; ``overloaded_first`` = N: the first N get 429, with a
 ``Retry-After`` header when ``retry_after`` is set. ``GET /_admin/stats`` counts requests (all, by route, by
 fault, distinct (prompt, seed) pairs answered).
@@ -80,6 +80,7 @@ class State:
         self.overloaded_first = overloaded_first  # the first N generation requests get 429
         self.retry_after = retry_after  # Retry-After seconds sent with 429 and 503
         self.counts: Counter = Counter()
+        self.authorization: Counter = Counter()  # Authorization header (None: absent) -> requests
         self.answered: Counter = Counter()  # (prompt, seed) -> successful answers
         self.generation_requests = 0
 
@@ -95,7 +96,8 @@ class State:
     def stats(self) -> dict:
         return {"requests": self.generation_requests, "counts": dict(self.counts),
                 "distinct_answered": len(self.answered), "answered": sum(self.answered.values()),
-                "repeated": sum(v - 1 for v in self.answered.values() if v > 1)}
+                "repeated": sum(v - 1 for v in self.answered.values() if v > 1),
+                "authorization": {str(k): v for k, v in self.authorization.items()}}
 
 
 def build_app(state: State):
@@ -112,6 +114,7 @@ def build_app(state: State):
         """Count the request, wait the latency, maybe answer with a fault."""
         state.generation_requests += 1
         state.counts[route] += 1
+        state.authorization[request.headers.get("Authorization")] += 1
         n = state.generation_requests
         if state.latency:
             await asyncio.sleep(state.latency)
@@ -130,6 +133,8 @@ def build_app(state: State):
                 return error(503, "Service Unavailable: the model is loading")
             if kind == "422":
                 return error(422, state.reject_message, "validation")
+            if kind == "424":  # TGI's GenerationError: a failure on the shard, not the request's fault
+                return error(424, "Request failed during generation: CUDA out of memory", "generation")
             if kind == "timeout":
                 await asyncio.sleep(state.timeout_s)
                 return None
