@@ -17,7 +17,7 @@ from tgi_server import TGIServer  # noqa: E402
 
 from hfaug.errors import HfaugError  # noqa: E402
 from hfaug.generate import CleanConfig, GenerateConfig, generate  # noqa: E402
-from hfaug.generate.backends import PROMPT_FORMATS, TGIBackend, token_for  # noqa: E402
+from hfaug.generate.backends import PROMPT_FORMATS, TGIBackend  # noqa: E402
 from hfaug.generate.cache import RequestCache  # noqa: E402
 from hfaug.generate.classify import classify  # noqa: E402
 from hfaug.prompts import Request  # noqa: E402
@@ -87,6 +87,8 @@ def test_an_adapter_tgi_did_not_load_is_refused(tmp_path):
 
 
 def test_the_token_goes_only_where_it_belongs(tmp_path, monkeypatch):
+    from hfaug.generate.backends import token_for
+
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     for backend in ("tgi", "openai"):
         with TGIServer() as server:
