@@ -210,11 +210,11 @@ class Translator:
         self.name = name
         self.path = resolve(name)
         self.remote = bool(config.trust_remote_code)
-        if "indictrans" in name.lower():
-            check_indictrans2_runtime(name, config)
         if "indictrans" in name.lower() and not self.remote:
             raise HfaugError(f"translate: model '{name}' (IndicTrans2) runs its own code from the Hub; "
                              "set translate.trust_remote_code: true if you trust it")
+        if "indictrans" in name.lower():
+            check_indictrans2_runtime(name, config)  # before anything is downloaded
         if self.remote:
             logger.warning("translate: trust_remote_code is enabled: running code from the '%s' repository", name)
         self._load_tokenizer()

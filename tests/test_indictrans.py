@@ -77,7 +77,9 @@ def indic_translator(tiny, **config) -> Translator:
     return translator
 
 
-ROWS = [f"call the desk at {n} or write to guest{n}@hotel.example today" for n in (5551234, 777, 42, 9000, 31, 808)]
+# longer and longer rows: batches go longest first, so batch order is not row order
+ROWS = [f"call the desk at {n} or write to guest{n}@hotel.example" + " today" * i
+        for i, n in enumerate((5551234, 777, 42, 9000, 31, 808))]
 
 
 @pytest.mark.parametrize("batch_size", [2, 4])
