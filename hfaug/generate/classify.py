@@ -1,7 +1,9 @@
 """LLM labels: ask an LLM which label a text has, answer constrained to the label names.
 
-Where the server supports it (TGI), the answer is held to the label names by a regex grammar;
-elsewhere the answer is parsed (the first label name it starts with). Soft labels come from the
+Where the server supports it, the answer is held to the label names (TGI: a regex grammar or
+``response_format``; vLLM: ``structured_outputs.choice``; SGLang: ``regex``, see
+:class:`.backends.OpenAIBackend`); elsewhere the answer is parsed (the first label name it starts
+with). An answer that names no label is not kept in the request cache: the next run asks again. Soft labels come from the
 token log-probabilities of the first answer step when the backend returns them (TGI
 ``top_n_tokens``, OpenAI ``top_logprobs``, the in-process model's scores): each label takes the
 probability of the most likely listed token that begins its name, renormalised over the labels.
