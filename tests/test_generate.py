@@ -250,8 +250,9 @@ def test_server_protocol_stream_and_list_routes(tgi):
 
     async def go():
         client = AsyncInferenceClient(model=tgi.url)
-        tokens = [t async for t in await client.text_generation("Hi", stream=True, details=True, seed=1)]
-        full = await client.text_generation("Hi", seed=1, details=True, top_n_tokens=2)
+        tokens = [t async for t in await client.text_generation("Hi", stream=True, details=True, seed=1,
+                                                                    return_full_text=False)]
+        full = await client.text_generation("Hi", seed=1, details=True, top_n_tokens=2, return_full_text=False)
         return tokens, full
 
     tokens, full = asyncio.run(go())

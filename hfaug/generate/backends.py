@@ -666,7 +666,7 @@ class OpenAIBackend(_ServerBackend):
     def _generation(self, url: str, raw: bytes, content_type: str) -> Generation:
         text, finish, tokens, top = read_chat_body(raw, content_type)
         self.replies += 1
-        if text.strip() or top:
+        if text or top:  # whitespace is a (poor) generation: cleaning drops it, the server is fine
             return Generation(text, tokens, finish, logprobs=top)
         self.empty += 1
         if self.empty >= self.EMPTY_MIN and self.empty * 2 > self.replies:

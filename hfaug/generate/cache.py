@@ -31,7 +31,7 @@ def request_key(model: str, messages, params: dict, seed: int) -> str:
 
 def usable(output: Any) -> bool:
     """A reply worth keeping: some text, or log-probabilities to read a label from."""
-    return isinstance(output, dict) and (bool(str(output.get("text") or "").strip()) or bool(output.get("logprobs")))
+    return isinstance(output, dict) and (bool(output.get("text")) or bool(output.get("logprobs")))
 
 
 class RequestCache:
