@@ -269,7 +269,8 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
     await backend.start()
     try:
         if hasattr(backend, "check_lengths"):
-            backend.check_lengths(max(config.max_new_tokens, config.premise_max_new_tokens))
+            # premise_max_new_tokens only bounds NLI's premises; a sentiment recipe never sends it
+            backend.check_lengths(max(config.max_new_tokens, config.premise_max_new_tokens if task.is_pair else 0))
         if task.name == "sentiment":
             requests = sentiment_requests(task.labels, config.counts(task), templates, config.domains, seed,
                                           shots and shots["review"])
