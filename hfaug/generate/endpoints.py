@@ -16,6 +16,7 @@ ridden out.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from urllib.parse import urlsplit
 
@@ -34,7 +35,9 @@ def connect_failure(exc: BaseException | None) -> tuple[str, int | None, str] | 
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, aiohttp.ClientConnectorError):
-            reason = exc.os_error.strerror if getattr(exc.os_error, "strerror", None) else str(exc.os_error)
+            code = getattr(exc.os_error, "errno", None)
+            # asyncio's strerror ("Connect call failed (...)") hides the reason the errno names
+            reason = os.strerror(code) if isinstance(code, int) and code > 0 else str(exc.os_error)
             return exc.host, exc.port, (reason or "cannot connect").lower()
         if isinstance(exc, ConnectionRefusedError):
             return "", None, "connection refused"
