@@ -42,6 +42,8 @@ def storage_problem(exc: BaseException, where: object = None) -> str | None:
             return (f"no space left on {path}; finished stages and cached work are kept, free some space "
                     "and rerun the same command to resume")
         if code in (errno.EACCES, errno.EPERM) and isinstance(node, OSError):
+            if where is not None and not _on_the_way(path, where):  # a file read elsewhere, not the output
+                return f"cannot access {path}: permission denied; check its permissions"
             return (f"cannot write {path}: permission denied; choose a writable folder with --output-dir "
                     "(recipe: output_dir)")
         if code == errno.EROFS:
@@ -49,3 +51,11 @@ def storage_problem(exc: BaseException, where: object = None) -> str | None:
                     "(recipe: output_dir)")
         node = node.__cause__ or node.__context__
     return None
+
+
+def _on_the_way(path: object, root: object) -> bool:
+    """``path`` is the run directory, a folder above it, or inside it."""
+    from pathlib import Path
+
+    path, root = Path(str(path)).absolute(), Path(str(root)).absolute()
+    return path == root or path in root.parents or root in path.parents

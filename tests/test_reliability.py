@@ -92,7 +92,7 @@ def test_two_runs_on_one_recipe_keep_the_run_directory_valid(tmp_path, tiny, cap
     path = write_recipe(
         tmp_path,
         generate={"backend": "dummy", "n_per_class": 20, "progress": False},
-        teacher={"model": "hfaug://tiny/encoder", "epochs": 2, "batch_size": 16, "eval_steps": None})
+        teacher={"model": "hfaug://tiny/encoder", "epochs": 1, "batch_size": 16, "eval_steps": None})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     runs = [subprocess.Popen([sys.executable, "-m", "hfaug", "-q", "run", str(path), "--wait"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
