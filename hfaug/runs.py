@@ -31,6 +31,7 @@ import os
 import platform
 import shutil
 import socket
+import threading
 import time
 import uuid
 from collections import Counter
@@ -105,9 +106,9 @@ class StageResult:
 # ---------------------------------------------------------------------------------------------
 # one process per run directory
 
-#: locks this process holds, by lock path: [file descriptor, depth] (a run holding its lock may
-#: call run_stage, which takes it again)
-_HELD: dict[str, list[int]] = {}
+#: locks this process holds, by (lock path, thread): [file descriptor, depth] (a run holding its
+#: lock calls run_stage, which takes it again; another thread's run is another run and waits)
+_HELD: dict[tuple[str, int], list[int]] = {}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -144,7 +145,7 @@ def run_lock(root: Path, *, wait: bool = False) -> Iterator[None]:
         yield
         return
     path = Path(root) / LOCK
-    key = str(path.resolve())
+    key = (str(path.resolve()), threading.get_ident())
     if key in _HELD:
         _HELD[key][1] += 1
         try:
@@ -158,6 +159,11 @@ def run_lock(root: Path, *, wait: bool = False) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(path)
+            for _ in range(10):  # the holder writes its pid just after it takes the lock
+                if holder.get("pid"):
+                    break
+                time.sleep(0.05)
+                holder = _read_holder(path)
             pid = holder.get("pid", "unknown")
             since = f", since {holder['started']}" if holder.get("started") else ""
             if not wait:
