@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from .errors import HfaugError
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", metavar="STAGE", help="rerun STAGE and everything after it")
     p.add_argument("--output-dir", help="folder for run directories (recipe: output_dir)")
     p.add_argument("--name", help="run name (recipe: name)")
+    p.add_argument("--wait", action="store_true", help="if another run holds the run directory, wait for it")
 
     from .pipeline import PIPELINE  # light: no torch, transformers or datasets
 
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="run even if unchanged")
         p.add_argument("--output-dir", help="folder for run directories (recipe: output_dir)")
         p.add_argument("--name", help="run name (recipe: name)")
+        p.add_argument("--wait", action="store_true", help="if another run holds the run directory, wait for it")
         if stage.name == "generate":
             p.add_argument("--dry-run", action="store_true",
                            help="send a few real requests and estimate tokens and time for the run")
@@ -211,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     except HfaugError as e:
         print(f"hfaug: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:  # a full disk or a read-only folder: one line too; anything else is a bug
+        from .errors import storage_problem
+
+        message = storage_problem(e, getattr(args, "run_root", None))
+        if message is None:
+            raise
+        print(f"hfaug: error: {message}", file=sys.stderr)
+        return HfaugError.exit_code
     except KeyboardInterrupt:
         print("hfaug: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
@@ -248,6 +259,7 @@ def _dispatch(args, extra: list[str]) -> int:
         if args.share is not None:
             overrides["serve.share"] = args.share == "true"
     recipe = load_recipe(args.recipe if args.command == "run" else args.config, overrides)
+    args.run_root = Path(recipe.run.output_dir) / recipe.run.name  # named by a full-disk message
 
     from .runs import Run
 
@@ -263,7 +275,7 @@ def _dispatch(args, extra: list[str]) -> int:
 
     quiet_libraries(args.verbose)
     if args.command == "run":
-        run = pipeline.run_pipeline(recipe, force=args.force)
+        run = pipeline.run_pipeline(recipe, force=args.force, wait=args.wait)
         print(pipeline.summary(run))
         return 0
 
@@ -273,7 +285,7 @@ def _dispatch(args, extra: list[str]) -> int:
 
         print(dry_run(run))  # a few real requests and an estimate; no stage output is written
         return 0
-    manifest, skipped = pipeline.run_stage(run, args.command, force=args.force)
+    manifest, skipped = pipeline.run_stage(run, args.command, force=args.force, wait=args.wait)
     if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`, one summary
         print(pipeline.summary(run, [(args.command, "skipped" if skipped else "ran", manifest, 0.0)]))
     return 0

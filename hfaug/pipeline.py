@@ -86,8 +86,16 @@ def _enabled(recipe: Recipe, stage: Stage) -> bool:
     return bool(getattr(config, flag, True)) if flag else True
 
 
-def run_stage(run: Run, name: str, *, force: bool = False) -> tuple[dict, bool]:
-    """Run one stage of ``run`` (its inputs must have run); returns (manifest, skipped)."""
+def run_stage(run: Run, name: str, *, force: bool = False, wait: bool = False) -> tuple[dict, bool]:
+    """Run one stage of ``run`` (its inputs must have run); returns (manifest, skipped).
+
+    Holds the run directory's lock: another run working there is a user error naming its pid,
+    or, with ``wait``, waited for."""
+    with run.lock(wait=wait):
+        return _run_stage(run, name, force=force)
+
+
+def _run_stage(run: Run, name: str, *, force: bool = False) -> tuple[dict, bool]:
     stage = get_stage(name)
     recipe = run.recipe
     if not recipe.has(stage.section):
@@ -113,12 +121,20 @@ def stage_reads(recipe: Recipe, stage: Stage) -> dict:
     return reads
 
 
-def run_pipeline(recipe: Recipe, *, force: str | None = None, root: str | Path | None = None) -> Run:
+def run_pipeline(recipe: Recipe, *, force: str | None = None, root: str | Path | None = None,
+                 wait: bool = False) -> Run:
     """Run every stage of the recipe in order, skipping the unchanged ones.
 
-    ``force`` names a stage to rerun together with everything after it.
+    ``force`` names a stage to rerun together with everything after it. The run directory is
+    locked for the whole run (``wait``: wait for another run holding it instead of failing).
     """
     run = Run(recipe, root)
+    with run.lock(wait=wait):
+        _run_all(run, recipe, force)
+    return run
+
+
+def _run_all(run: Run, recipe: Recipe, force: str | None) -> None:
     run.save_recipe()
     stages = planned(recipe)
     if force is not None:
@@ -131,7 +147,6 @@ def run_pipeline(recipe: Recipe, *, force: str | None = None, root: str | Path |
         start = time.perf_counter()
         manifest, skipped = run_stage(run, stage.name, force=forcing)
         run.report.append((stage.name, "skipped" if skipped else "ran", manifest, time.perf_counter() - start))
-    return run
 
 
 def summary(run: Run, report: list | None = None) -> str:

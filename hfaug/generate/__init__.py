@@ -121,6 +121,11 @@ class GenerateConfig:
     backoff_max: float = field(default=60.0, metadata={"help": "Longest wait between retries."})
     max_failed_fraction: float = field(default=0.0, metadata={
         "help": "Share of requests allowed to fail after retries; more ends the run (a rerun retries them)."})
+    check_endpoints: bool = field(default=True, metadata={
+        "help": "tgi/openai: before the run, check that every endpoint answers (/info, /health or /v1/models)."})
+    unreachable_after: float = field(default=30.0, metadata={
+        "help": "tgi/openai: stop when every request to every endpoint failed to connect for this many seconds "
+                "(finished requests are kept; 0: never stop, retry as configured)."})
     token_env: str | None = field(default="HF_TOKEN", metadata={
         "help": "Environment variable holding the server's token (read at run time, never logged)."})
     token_endpoints: list[str] = field(default_factory=list, metadata={
@@ -277,15 +282,18 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
     stats: Counter = Counter()
     dropped: Counter = Counter()
     raw_rows: list[dict] = []
+    unfinished: set[str] = set()  # requests that failed within max_failed_fraction: a rerun retries them
+    await _check_endpoints(backend, config)
     await backend.start()
     try:
         if hasattr(backend, "check_lengths"):
-            backend.check_lengths(max(config.max_new_tokens, config.premise_max_new_tokens))
+            # premise_max_new_tokens only bounds NLI's premises; a sentiment recipe never sends it
+            backend.check_lengths(max(config.max_new_tokens, config.premise_max_new_tokens if task.is_pair else 0))
         if task.name == "sentiment":
             requests = sentiment_requests(task.labels, config.counts(task), templates, config.domains, seed,
                                           shots and shots["review"])
             params = config.sampling("review")
-            results = await _send(backend, requests, params, config, cache, stats, "reviews")
+            results = await _send(backend, requests, params, config, cache, stats, "reviews", unfinished)
             rows = []
             for request, result in zip(requests, results):
                 gp = _gen_params(params, request, backend)
@@ -305,7 +313,7 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
             requests = premise_requests(config.n_premises, templates, config.domain_mix, seed,
                                         shots and shots["premise"])
             premise_params = config.sampling("premise")
-            results = await _send(backend, requests, premise_params, config, cache, stats, "premises")
+            results = await _send(backend, requests, premise_params, config, cache, stats, "premises", unfinished)
             premises = []
             n_labels = task.num_labels
             for request, result in zip(requests, results):
@@ -328,7 +336,7 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
             hyp_requests = hypothesis_requests([(r.index, r.meta["domain"], t) for r, t, _ in premises],
                                                task.labels, templates, seed, shots and shots["hypothesis"])
             params = config.sampling("hypothesis")
-            results = await _send(backend, hyp_requests, params, config, cache, stats, "hypotheses")
+            results = await _send(backend, hyp_requests, params, config, cache, stats, "hypotheses", unfinished)
             rows = []
             for request, result in zip(hyp_requests, results):
                 gp = _gen_params(params, request, backend, premise_seed=seeds[request.index],
@@ -410,22 +418,46 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
         "prompt_labels": dict(Counter(task.labels[i] for i in data[schema.PROMPT_LABEL])) if len(data) else {},
         "requests_per_s": round(stats["sent"] / wall, 2) if wall > 0 else 0.0,
     }
+    if cache is not None:  # over every run that used this cache: a resumed stage reports its whole effort
+        from .engine import Ledger
+
+        metrics["requests_total"] = dict(sorted(Ledger.read(Ledger.path_for(cache.path)).items()))
+    if unfinished:
+        import hashlib
+
+        metrics["unfinished_requests"] = {
+            "count": len(unfinished),
+            "digest": hashlib.sha256("\n".join(sorted(unfinished)).encode()).hexdigest()[:16]}
     if llm_metrics is not None:
         metrics["llm_labels"] = llm_metrics
     return outputs, dropped, metrics
 
 
+async def _check_endpoints(backend, config: GenerateConfig) -> None:
+    """A server backend's URLs answer before anything is sent (see :mod:`.endpoints`)."""
+    endpoints = getattr(backend, "endpoints", None)
+    if endpoints and config.check_endpoints:
+        from .endpoints import check_endpoints
+
+        await check_endpoints(endpoints)
+
+
 async def _send(backend, requests: list[Request], params, config: GenerateConfig, cache, stats: Counter,
-                desc: str) -> list[dict | None]:
-    """Send a phase's requests; results in request order (None where a request failed)."""
+                desc: str, unfinished: set[str] | None = None) -> list[dict | None]:
+    """Send a phase's requests; results in request order (None where a request failed). The keys
+    of requests that failed within max_failed_fraction are added to ``unfinished``."""
     from .engine import RetryPolicy, run_requests
 
     retry = RetryPolicy(config.max_retries, config.backoff, config.backoff_max)
     outcome = await run_requests(backend, requests, params, cache=cache, concurrency=config.concurrency,
-                                 retry=retry, progress=config.progress, desc=desc, cache_model=config.cache_model())
+                                 retry=retry, progress=config.progress, desc=desc, cache_model=config.cache_model(),
+                                 unreachable_after=config.unreachable_after)
     for key, value in outcome.stats.items():
         stats[key] += value
     where = f" in {cache.path}" if cache is not None else ""
+    if outcome.fatal is not None and outcome.fatal.reason == "unreachable":
+        raise HfaugError(f"generate: {outcome.fatal.message}; {len(outcome.results)} finished requests are "
+                         f"kept{where}; start the server (or fix generate.endpoints) and rerun to resume")
     if outcome.fatal is not None:
         done = len(outcome.results)
         raise HfaugError(f"generate: the server rejected a request ({outcome.fatal.message}); {done} finished "
@@ -436,6 +468,8 @@ async def _send(backend, requests: list[Request], params, config: GenerateConfig
         raise HfaugError(f"generate: {failed} of {len(set(outcome.keys))} {desc} requests still failed after "
                          f"{config.max_retries} retries (last: {last}); finished ones are kept{where}; "
                          f"rerun to retry the failed ones")
+    if unfinished is not None:
+        unfinished.update(set(outcome.failed) - set(outcome.results))
     return [outcome.results.get(key) for key in outcome.keys]
 
 
@@ -514,8 +548,15 @@ def run(ctx: "StageContext") -> "StageResult":
     if metrics["keep_rate"] < 0.5:
         hints.append(f"generate kept {metrics['rows_kept']} of {requested} rows; see the 'raw' dataset's "
                      f"'dropped' column for why")
+    incomplete = None
+    unfinished = metrics.get("unfinished_requests")
+    if unfinished:
+        # within max_failed_fraction, so the stage finished; it is not fresh, so a plain rerun retries them
+        reason = f"{unfinished['count']} requests failed after retries"
+        incomplete = {"reason": reason, "state": unfinished["digest"]}
+        hints.append(f"generate: {reason} (within max_failed_fraction); rerun to retry them")
     return StageResult(datasets=datasets_, dropped=dropped, rows_in=requested, metrics=metrics,
-                       extra={"next": hints} if hints else {})
+                       extra={"next": hints} if hints else {}, incomplete=incomplete)
 
 
 def _shot_source(ctx, config: GenerateConfig):
@@ -580,6 +621,7 @@ def dry_run(run: "Run", config: GenerateConfig | None = None) -> str:
 
     async def go():
         out = []
+        await _check_endpoints(backend, config)
         await backend.start()
         try:
             for name, requests, params in phases:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..schema import is_blank
+
 _TAGS = re.compile(r"</?s>|\[/?INST\]|<</?SYS>>|<\|[a-zA-Z_]+\|>|^\s*(?:assistant|user|system)\s*:?\s*$",
                    re.IGNORECASE | re.MULTILINE)
 _PREAMBLE = re.compile(r"^\s*(?:sure|certainly|of course|okay|ok|here(?:'s| is| are)|i hope|note)\b",
@@ -105,7 +107,7 @@ def clean_text(text: str, config: CleanConfig | None = None) -> tuple[str | None
     t = t.strip()
     if c.collapse_whitespace:
         t = " ".join(t.split())
-    if not t:
+    if is_blank(t):  # also a text of invisible characters (zero-width spaces) only
         return None, "empty"
     if len(t) < c.min_chars:
         return None, "too_short"
