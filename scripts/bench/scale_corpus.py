@@ -86,7 +86,7 @@ def _sentiment(prompt: str) -> str:
     p = prompt.lower()
     if "negative" in p:
         return "negative"
-    if "neutral" in p:
+    if "neutral" in p or "fact-based" in p:
         return "neutral"
     return "positive"
 
@@ -106,9 +106,12 @@ def review_for(prompt: str, seed: int | None) -> str:
     """One LLM-like reply to a generation prompt (a review, a premise, or a hypothesis)."""
     rng = _rng(prompt, seed)
     lower = prompt.lower()
-    if "hypothesis" in lower or "premise:" in lower:
-        label = next((k for k in HYPOTHESES if k in lower), rng.choice(list(HYPOTHESES)))
+    if "sentence:" in lower:  # an NLI hypothesis for a premise
+        label = ("entailment" if "implied" in lower else "contradiction" if "contradict" in lower
+                 else "neutral")
         return rng.choice(HYPOTHESES[label]).format(visited=rng.choice(VISITED), subject=rng.choice(SUBJECTS))
+    if "single sentence" in lower:  # an NLI premise: the first sentence of a review
+        return _review(rng, rng.choice(("positive", "negative", "neutral")))[0]
     sentiment = _sentiment(prompt)
     draw = rng.random()
     if draw < 0.01:  # an exact repeat of a small pool of replies
