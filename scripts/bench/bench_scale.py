@@ -164,7 +164,7 @@ url, n, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with Pipeline(name="bench") as pipeline:
     load = LoadDataFromDicts(data=[{"instruction": f"Write a positive review number {i}."} for i in range(n)],
                              batch_size=max(n // 16, 50))
-    gen = TextGeneration(llm=InferenceEndpointsLLM(base_url=url, tokenizer_id=None,
+    gen = TextGeneration(llm=InferenceEndpointsLLM(base_url=url, tokenizer_id=None, api_key="not-needed",
                                                    generation_kwargs={"max_new_tokens": 64}),
                          input_batch_size=concurrency, use_system_prompt=False)
     load >> gen
@@ -309,27 +309,37 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compare", action="store_true", help="also generate side by side (10,000 requests)")
     parser.add_argument("--compare-requests", type=int, default=10_000)
     parser.add_argument("--no-flow", action="store_true", help="only the side-by-side comparison")
+    parser.add_argument("--store", default="scale.json", help="results file under bench/results (merged into)")
     parser.add_argument("--work", default=None, help="where the runs go (default: a temp folder, removed)")
     args = parser.parse_args(argv)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    store = RESULTS / "scale.json"
+    store = RESULTS / args.store
     saved = json.loads(store.read_text()) if store.exists() else {"flow": {}, "compare": None}
+
+    def save():  # merged with what another size's run wrote meanwhile
+        now = json.loads(store.read_text()) if store.exists() else {"flow": {}, "compare": None}
+        for task, sizes in saved["flow"].items():
+            now["flow"].setdefault(task, {}).update(sizes)
+        now["compare"] = saved["compare"] or now["compare"]
+        store.write_text(json.dumps(now, indent=2))
+        return now
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="hfaug-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         if args.compare:
             saved["compare"] = compare(args.compare_requests, work)
-            store.write_text(json.dumps(saved, indent=2))
+            save()
         if not args.no_flow:
             for task in args.tasks:
                 for n in args.sizes:
                     print(f"== {task} at {n:,} generations", flush=True)
                     saved["flow"].setdefault(task, {})[str(n)] = flow(task, n, args.stages, work)
-                    store.write_text(json.dumps(saved, indent=2))  # each size as soon as it is measured
+                    save()  # each size as soon as it is measured
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
+    saved = save()
     (RESULTS / "scale.md").write_text(table(saved["flow"], saved["compare"]))
     import run_all
 
