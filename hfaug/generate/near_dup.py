@@ -85,7 +85,7 @@ def near_duplicates(texts: list[str], threshold: float, skip: Collection[int] = 
         return
     from datasketch import MinHash, MinHashLSH
 
-    bands, rows = lsh_params(threshold)
+    bands, rows = lsh_params(threshold, NUM_PERM)
     template = MinHash(num_perm=NUM_PERM, seed=1, scheme="affine32")
     perms = template.permutations
     # identity hash: gram ids are already integers; datasketch's affine32 scheme premixes them

@@ -101,7 +101,8 @@ def run_stage(recipe_path: Path, stage: str) -> dict:
     wall = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(f"hfaug {stage} failed ({proc.returncode}):\n{output[-3000:]}")
-    return {"seconds": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    return {"seconds": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
 def disk_mb(*paths: Path) -> float:
@@ -246,35 +247,39 @@ def exponent(t1: float, t2: float, n1: int, n2: int) -> float:
 
 def table(results: dict, comparison: dict | None) -> str:
     lines = ["## Scale (`make bench-scale`)", "",
-             f"Written by scripts/bench/bench_scale.py on {machine()}. Each stage is its own process; "
-             "seconds are wall time on a shared machine (noisy), RSS is the stage process's peak, disk "
-             "is its output folder and cache. The exponent is log(t2/t1)/log(n2/n1) against the next "
-             "smaller size (target <= 1.15). Teacher, distill, export and evaluate do not depend on the "
-             "number of generations (capped epochs/steps, fixed budget of 2,500 per class).", ""]
+             f"Written by scripts/bench/bench_scale.py on {machine()}. Each stage is its own process "
+             "(`python -m hfaug <stage>`); a cell is wall seconds / CPU seconds (user + system of the stage "
+             "process) / peak RSS MB / disk MB (output folder and cache). The machine is shared with other "
+             "jobs (load average 10-16 on 2 cores while measured), so wall seconds are noisy; the growth "
+             "exponent log(t2/t1)/log(n2/n1) is taken on CPU seconds (target <= 1.15), which also include "
+             "a fixed ~10-20 s of start-up (imports, models), so small sizes understate it. Teacher, distill, "
+             "export and evaluate do not depend on the number of generations (capped epochs/steps, a fixed "
+             "budget of 2,500 per class).", ""]
     for task, by_size in results.items():
         sizes = sorted(by_size, key=int)
         lines += [f"### {task} ({RECIPES[task]})", "",
-                  "| stage | " + " | ".join(f"{int(n):,}: s / RSS MB / disk MB" for n in sizes)
+                  "| stage | " + " | ".join(f"{int(n):,}: wall / CPU s / RSS MB / disk MB" for n in sizes)
                   + " | " + " | ".join(f"exp {int(a) // 1000}k-{int(b) // 1000}k" for a, b in zip(sizes, sizes[1:]))
                   + " |",
                   "|---|" + "---|" * (2 * len(sizes) - 1)]
-        stages = list(dict.fromkeys(s for n in sizes for s in by_size[n]))
+        stages = [s for s in STAGES if any(s in by_size[n] for n in sizes)]
         for stage in stages:
             cells = []
             for n in sizes:
                 f = by_size[n].get(stage)
                 f = None if f and "failed" in f else f
-                cells.append(f"{f['seconds']:.1f} / {f['peak_rss_mb']:.0f} / {f['disk_mb']:.0f}" if f else "not run")
+                cells.append(f"{f['seconds']:.0f} / {f.get('cpu_s', float('nan')):.0f} / {f['peak_rss_mb']:.0f} / "
+                             f"{f['disk_mb']:.0f}" if f else "not run")
             exps = []
             for a, b in zip(sizes, sizes[1:]):
                 fa, fb = by_size[a].get(stage), by_size[b].get(stage)
-                if fa and fb and "failed" not in fa and "failed" not in fb:
-                    e = exponent(fa["seconds"], fb["seconds"], int(a), int(b))
+                if fa and fb and "cpu_s" in fa and "cpu_s" in fb:
+                    e = exponent(fa["cpu_s"], fb["cpu_s"], int(a), int(b))
                     exps.append(f"{e:.2f}" + (" **over**" if e > 1.15 else ""))
                 else:
                     exps.append("-")
             lines.append(f"| {stage} | " + " | ".join(cells) + " | " + " | ".join(exps) + " |")
-        gen = {n: by_size[n]["generate"] for n in sizes if "seconds" in by_size[n].get("generate", {})}
+        gen = {n: by_size[n]["generate"] for n in sizes if "rows_in" in by_size[n].get("generate", {})}
         failed = [f"{stage} at {int(n):,}: {f['failed']}" for n in sizes for stage, f in by_size[n].items()
                   if "failed" in f]
         if failed:
@@ -320,7 +325,8 @@ def main(argv: list[str]) -> int:
     def save():  # merged with what another size's run wrote meanwhile
         now = json.loads(store.read_text()) if store.exists() else {"flow": {}, "compare": None}
         for task, sizes in saved["flow"].items():
-            now["flow"].setdefault(task, {}).update(sizes)
+            for size, stages in sizes.items():
+                now["flow"].setdefault(task, {}).setdefault(size, {}).update(stages)
         now["compare"] = saved["compare"] or now["compare"]
         store.write_text(json.dumps(now, indent=2))
         return now
