@@ -268,8 +268,9 @@ def table(results: dict, comparison: dict | None) -> str:
             for n in sizes:
                 f = by_size[n].get(stage)
                 f = None if f and "failed" in f else f
-                cells.append(f"{f['seconds']:.0f} / {f.get('cpu_s', float('nan')):.0f} / {f['peak_rss_mb']:.0f} / "
-                             f"{f['disk_mb']:.0f}" if f else "not run")
+                cpu = f"{f['cpu_s']:.0f}" if f and "cpu_s" in f else "-"
+                cells.append(f"{f['seconds']:.0f} / {cpu} / {f['peak_rss_mb']:.0f} / {f['disk_mb']:.0f}"
+                             if f else "not run")
             exps = []
             for a, b in zip(sizes, sizes[1:]):
                 fa, fb = by_size[a].get(stage), by_size[b].get(stage)
