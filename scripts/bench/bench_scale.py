@@ -315,6 +315,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compare", action="store_true", help="also generate side by side (10,000 requests)")
     parser.add_argument("--compare-requests", type=int, default=10_000)
     parser.add_argument("--no-flow", action="store_true", help="only the side-by-side comparison")
+    parser.add_argument("--note", default=None, help="a note on this measurement for the table (kept)")
     parser.add_argument("--store", default="scale.json", help="results file under bench/results (merged into)")
     parser.add_argument("--work", default=None, help="where the runs go (default: a temp folder, removed)")
     args = parser.parse_args(argv)
@@ -347,7 +348,13 @@ def main(argv: list[str]) -> int:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     saved = save()
-    (RESULTS / "scale.md").write_text(table(saved["flow"], saved["compare"]))
+    if args.note is not None:
+        saved["note"] = args.note
+        store.write_text(json.dumps(saved, indent=2))
+    text = table(saved["flow"], saved["compare"])
+    if saved.get("note"):
+        text += "\n" + saved["note"] + "\n"
+    (RESULTS / "scale.md").write_text(text)
     import run_all
 
     run_all.write_report()
