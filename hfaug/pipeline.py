@@ -100,13 +100,24 @@ def _run_stage(run: Run, name: str, *, force: bool = False) -> tuple[dict, bool]
     recipe = run.recipe
     if not recipe.has(stage.section):
         raise HfaugError(f"the recipe has no '{stage.section}' section, which stage '{name}' needs")
-    inputs = [i for i in stage.inputs if i in {s.name for s in planned(recipe)}]
+    inputs = stage_inputs(recipe, stage)
     for dep in inputs:
         run.require(dep)
     manifest, skipped = execute(run, name, stage_function(stage), recipe.sections[stage.section], inputs,
                                 force=force, reads=stage_reads(recipe, stage))
     health.enforce(run, name, manifest)  # warns, or stops the run after a stage that finished broken
     return manifest, skipped
+
+
+def stage_inputs(recipe: Recipe, stage: Stage) -> list[str]:
+    """The earlier stages ``stage`` reads in this recipe: they must have run, and their run ids
+    enter its hash. Zero-shot generation reads no source rows (only few-shot examples and adapt
+    do, and adapt reads the source itself), so it runs before, or without, the source stage."""
+    names = {s.name for s in planned(recipe)}
+    inputs = [i for i in stage.inputs if i in names]
+    if stage.name == "generate" and not getattr(recipe.sections[stage.section], "few_shot", 0):
+        inputs = [i for i in inputs if i != "source"]
+    return inputs
 
 
 def stage_reads(recipe: Recipe, stage: Stage) -> dict:
