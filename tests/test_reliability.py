@@ -288,7 +288,7 @@ def test_the_circuit_breaker_stops_when_every_endpoint_refuses(tmp_path):
     from hfaug.prompts import Request
 
     dead = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
-    backend = TGIBackend("m", dead)
+    backend = TGIBackend("m", dead, prompt_format="plain")
     requests = [Request("review", "positive", i, (("user", f"write {i}"),), i) for i in range(60)]
 
     async def go():
@@ -308,7 +308,7 @@ def test_the_circuit_breaker_stops_when_every_endpoint_refuses(tmp_path):
 
     # through the stage (the check before the run switched off): one line naming the URL
     run = gen_run(tmp_path, {"backend": "tgi", "endpoints": dead[:1], "n_per_class": 10, "check_endpoints": False,
-                             "unreachable_after": 0.3, "backoff": 0.1, "backoff_max": 0.2})
+                             "prompt_format": "plain", "unreachable_after": 0.3, "backoff": 0.1, "backoff_max": 0.2})
     with pytest.raises(HfaugError, match=f"failed to connect .*{dead[0]}.*0 finished requests are kept"):
         run_stage(run, "generate")
 
