@@ -92,7 +92,12 @@ def planned_subsets(recipe: "Recipe", run: "Run | None" = None) -> list[str]:
         return run.outputs("select")
     select = recipe.sections.get("select")
     translate = recipe.sections.get("translate")
-    langs = list(getattr(translate, "languages", None) or ["en"])
+    # the languages select reads (hfaug.select._inputs): the translations, or the English labels
+    langs = list(getattr(translate, "languages", None) or []) if translate is not None else ["en"]
+    if getattr(select, "languages", None):
+        langs = [lang for lang in langs if lang in select.languages]
+    if getattr(select, "include_english", False) and "en" not in langs:
+        langs.insert(0, "en")
     strategies = [canonical_strategy(s) for s in getattr(select, "strategies", None) or []]
     budgets = list(getattr(select, "budgets", None) or [])
     out = []
@@ -124,7 +129,23 @@ def _gold_rows(recipe: "Recipe", run: "Run | None") -> int | None:
     if local is not None and local.is_file() and local.suffix in (".jsonl", ".csv", ".tsv"):
         with local.open(encoding="utf-8") as f:
             return max(sum(1 for line in f if line.strip()) - (local.suffix != ".jsonl"), 0)
-    return None
+    if local is not None and local.exists():
+        return None
+    return _hub_split_rows(recipe.sections["source"])
+
+
+def _hub_split_rows(spec) -> int | None:
+    """Rows of a Hub dataset's split from its metadata (no data is downloaded); None when the
+    Hub cannot be reached or the dataset does not say."""
+    try:
+        import datasets
+
+        builder = datasets.load_dataset_builder(spec.path, getattr(spec, "name", None),
+                                                revision=getattr(spec, "revision", None))
+        split = (builder.info.splits or {}).get(getattr(spec, "split", None) or "train")
+        return int(split.num_examples) if split is not None and split.num_examples else None
+    except Exception:  # offline, gated, or no metadata: the estimate says the gold rows are unknown
+        return None
 
 
 def _synthetic_rows(name: str, recipe: "Recipe", run: "Run | None", num_labels: int) -> int:
@@ -182,7 +203,8 @@ def describe(recipe: "Recipe", run: "Run | None" = None) -> str:
     gold = "unknown (run `hfaug source` first to count them)" if e["gold_rows"] is None else f"{e['gold_rows']:,}"
     lines.append(f"  gold rows per student: {gold}; training rows over the grid: {e['training_rows']:,}"
                  f" x {e['epochs']:g} epochs")
-    lines.append(f"  estimate: {e['gpu_hours']:.1f} GPU hours at {e['rows_per_second']:g} training rows/s per GPU "
+    cost = f"{e['gpu_hours']:.1f} GPU hours" if e["gpu_hours"] >= 1 else f"{60 * e['gpu_hours']:.1f} GPU minutes"
+    lines.append(f"  estimate: {cost} at {e['rows_per_second']:g} training rows/s per GPU "
                  "(distill.estimate_rows_per_second; a trained student's metrics.json has the measured "
                  "train_samples_per_second)")
     lines.append("  scale out: one process per GPU with `hfaug distill --config RECIPE --shard i/n`, then "
