@@ -718,8 +718,12 @@ def _train(ctx: StageContext, student: "Student", gold_train, gold_dev, syntheti
     aside = work / f".student.tmp-{os.getpid()}"
     shutil.rmtree(aside, ignore_errors=True)
     result.save(aside)
-    shutil.rmtree(student_dir, ignore_errors=True)  # a killed attempt's leftovers (no done.json)
-    os.replace(aside, student_dir)
+    if not (work / _DONE).is_file():  # else another process (a rank of accelerate launch) finished it first
+        shutil.rmtree(student_dir, ignore_errors=True)  # a killed attempt's leftovers (no done.json)
+    try:
+        os.replace(aside, student_dir)
+    except OSError:  # the same student, saved by another process a moment ago: the same weights
+        shutil.rmtree(aside, ignore_errors=True)
     write_json_atomic(work / _DONE, result.metrics)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)  # the best is saved; free the disk
     return student_dir, result.metrics, True
@@ -841,17 +845,18 @@ def run(ctx: StageContext) -> StageResult:
     out = R.write(rows, ctx.out_dir / RESULTS, default_budget=_default_budget(ctx),
                   title=f"Results of {ctx.recipe.run.name} ({task.name})")
     figures = [out["budgets"], out["strategies"]]
+    is_grid = len(students) > 1  # a lone student's card has nothing to compare it with
     for name, student_dir in finished.items():
-        (student_dir / "figures").mkdir(exist_ok=True)
-        for figure in figures:  # a model repo shows only images it holds
-            (student_dir / "figures" / figure.name).unlink(missing_ok=True)  # maybe a link: never write through
-            shutil.copy2(figure, student_dir / "figures" / figure.name)
+        if is_grid:
+            (student_dir / "figures").mkdir(exist_ok=True)
+            for figure in figures:  # a model repo shows only images it holds
+                (student_dir / "figures" / figure.name).unlink(missing_ok=True)  # maybe a link: never write through
+                shutil.copy2(figure, student_dir / "figures" / figure.name)
         write_json_atomic(student_dir / METRICS_JSON, saved[name])
-        _write_text(
-            student_dir / "README.md",
-            _card(ctx, infos[name], saved[name], saved[name].get("note"), gold_desc,
-                  grid={"figures": [f"figures/{f.name}" for f in figures], "students": len(students),
-                        "seed": saved[name].get("seed"), "table": R.markdown(rows)}, name=name))
+        grid = {"figures": [f"figures/{f.name}" for f in figures], "students": len(students),
+                "seed": saved[name].get("seed"), "table": R.markdown(rows)} if is_grid else None
+        _write_text(student_dir / "README.md",
+                    _card(ctx, infos[name], saved[name], saved[name].get("note"), gold_desc, grid=grid, name=name))
 
     # moved only once every student is trained, so a killed stage keeps them all in the cache
     for name, student_dir in finished.items():
