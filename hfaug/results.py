@@ -211,10 +211,17 @@ def _label(strategy: str, setting: str, with_setting: bool) -> str:
     return f"{strategy} ({setting})" if with_setting and setting else strategy
 
 
+def _compared_langs(rows: list[dict[str, Any]]) -> list[str]:
+    """Languages with a strategy to compare (a test set only the baseline was scored on, e.g. of
+    another language than the subsets', has no panel); all of them when none has one."""
+    compared = sorted({r["lang"] for r in rows if r["strategy"] != BASELINE})
+    return compared or sorted({r["lang"] for r in rows})
+
+
 def plot_budgets(rows: list[dict[str, Any]], path: Path) -> Path:
     """Accuracy vs budget per strategy (mean ± std over seeds), one panel per language; the
     source-only baseline and ``all`` as horizontal lines, like the paper's figures."""
-    langs = sorted({r["lang"] for r in rows})
+    langs = _compared_langs(rows)
     with_setting = len({r["setting"] for r in rows}) > 1
     fig = _figure(4.2 * max(len(langs), 1), 3.4)
     for i, lang in enumerate(langs):
@@ -251,8 +258,9 @@ def plot_strategies(rows: list[dict[str, Any]], path: Path, budget: int | None =
     budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
     if budget not in budgets:
         budget = budgets[0] if budgets else None
-    chosen = [r for r in rows if r["accuracy_mean"] is not None and (r["budget"] is None or r["budget"] == budget)]
-    langs = sorted({r["lang"] for r in chosen})
+    langs = _compared_langs(rows)
+    chosen = [r for r in rows if r["accuracy_mean"] is not None and (r["budget"] is None or r["budget"] == budget)
+              and r["lang"] in langs]
     with_setting = len({r["setting"] for r in rows}) > 1
     bars = sorted({(r["setting"], r["strategy"]) for r in chosen}, key=lambda k: (k[0], _order(k[1])))
     fig = _figure(max(5.0, 1.2 + 0.5 * len(bars) * max(len(langs), 1)), 3.6)
@@ -263,7 +271,7 @@ def plot_strategies(rows: list[dict[str, Any]], path: Path, budget: int | None =
         values, errors = [], []
         for lang in langs:
             match = [r for r in chosen if (r["setting"], r["strategy"], r["lang"]) == (setting, strategy, lang)]
-            values.append(100 * match[0]["accuracy_mean"] if match else 0.0)
+            values.append(100 * match[0]["accuracy_mean"] if match else float("nan"))  # nan: no bar
             errors.append(100 * (match[0]["accuracy_std"] or 0.0) if match else 0.0)
         ax.bar(x + (j - (len(bars) - 1) / 2) * width, values, width, yerr=errors, capsize=3,
                label=_label(strategy, setting, with_setting))
