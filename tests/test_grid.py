@@ -231,7 +231,7 @@ def test_two_shards_at_once_give_what_one_process_gives(tmp_path):
 
     runs = {}
     for name in ("one", "sharded"):
-        data = _recipe(tmp_path / name, [1, 2], subsets=("hi-randk-5", "hi-topk-5"))
+        data = _recipe(tmp_path / name, [1, 2], subsets=("hi-topk-5",))
         runs[name] = _prepare(data)
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
     # two processes on the same run directory at once, one thread each like this one
@@ -243,12 +243,13 @@ def test_two_shards_at_once_give_what_one_process_gives(tmp_path):
     for i, proc in enumerate(shards):
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err[-3000:]
-        assert f"distill shard {i}/2: 3 of 6 students (3 trained" in out
+        assert f"distill shard {i}/2: 2 of 4 students (2 trained" in out
     assert not runs["sharded"].stage_dir("distill").exists()  # shards only fill the cache
     collected, _ = run_stage(runs["sharded"], "distill")  # the one aggregation: trains nothing
-    assert collected["extra"]["trained"] == 0 and collected["extra"]["reused"] == 6
+    assert collected["extra"]["trained"] == 0 and collected["extra"]["reused"] == 4
     assert collected["metrics"] == one["metrics"]
-    assert runs["sharded"].load("distill", "results").to_list() == runs["one"].load("distill", "results").to_list()
+    table = runs["sharded"].load("distill", "results").to_list()
+    assert table == runs["one"].load("distill", "results").to_list() and len(table) == 2
     assert not list(runs["sharded"].root.glob(".distill*"))
 
 
