@@ -30,6 +30,10 @@ chromium:
 demo: $(STAMP)
 	$(BIN)/hfaug run demo
 
+.PHONY: demo-nli
+demo-nli: $(STAMP)
+	$(BIN)/hfaug run demo-nli
+
 test: $(STAMP) chromium
 	$(TEST_ENV) $(BIN)/python -m pytest -q tests
 

@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="LLM-based augmentations with data selection for zero-shot crosslingual transfer.",
         epilog="Recipe keys can be overridden on any command: --generate.temperature 1.2",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"hfaug {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     # the same flags after the command (`hfaug run demo -q`); SUPPRESS keeps the defaults above
@@ -35,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_StageParser)
 
     def command(name: str, **kwargs) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kwargs)
@@ -52,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for stage in PIPELINE:
         p = command(stage.name, help=stage.help)
+        p.recipe_section = stage.section
         p.add_argument("--config", "-c", required=True, metavar="RECIPE", help="recipe path or packaged name")
         p.add_argument("--force", action="store_true", help="run even if unchanged")
         p.add_argument("--output-dir", help="folder for run directories (recipe: output_dir)")
@@ -70,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--repo-id", help="Hub dataset repo user/name (publish.repo_id)")
 
     p = command("serve", help="serve a run's exported students in the Gradio app (the Space's code)")
+    p.recipe_section = "serve"
     p.add_argument("--config", "-c", required=True, metavar="RECIPE", help="recipe path or packaged name")
     p.add_argument("--port", type=int, help="port to listen on (recipe: serve.port, default 7860)")
     p.add_argument("--share", choices=["true", "false"], help="public gradio.live link (recipe: serve.share)")
@@ -84,6 +89,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("recipes", help="list the packaged recipes")
     p.add_argument("--reference", action="store_true", help="print every recipe key with its type, default and help")
     return parser
+
+
+class _StageParser(argparse.ArgumentParser):
+    """A command's parser whose --help also lists its recipe section's keys with types and defaults.
+
+    The keys come from the stage's config dataclass, imported only when help is asked for, so
+    building the parser stays light."""
+
+    recipe_section: str | None = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.recipe_section:
+            text += "\n" + section_keys_help(self.recipe_section)
+        return text
+
+
+def section_keys_help(section: str) -> str:
+    """Plain-text list of a recipe section's keys: name, type, default and help."""
+    import dataclasses
+    import textwrap
+
+    from .config import _own_fields, _type_hints, _type_name, config_class
+
+    cls = config_class(section)
+    hints = _type_hints(cls)
+    own = _own_fields(cls)  # TrainingArguments subclasses: hfaug's own keys, then a pointer
+    lines = [f"recipe keys (section '{section}'; override any with --{section}.KEY VALUE):"]
+    for f in dataclasses.fields(cls):
+        if not f.init or (own is not None and f.name not in own):
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "required"
+        lines.append(f"  {f.name} ({_type_name(hints.get(f.name, 'Any'))}, default {default})")
+        help_text = str(f.metadata.get("help", "")).strip()
+        if help_text:
+            lines += textwrap.wrap(help_text, width=96, initial_indent="      ", subsequent_indent="      ")
+    if own is not None:
+        lines.append("  ... and every transformers.TrainingArguments option")
+    lines.append("run-wide keys: name, task, seed, output_dir, description, health (hfaug recipes --reference)")
+    return "\n".join(lines) + "\n"
 
 
 def parse_overrides(extra: list[str]) -> dict:
@@ -115,6 +165,24 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     # third-party libraries stay quiet unless asked
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub", "transformers"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    root = logging.getLogger()
+    for old in [f for f in root.filters if isinstance(f, RootChatter)]:
+        root.removeFilter(old)
+    if not verbose:
+        root.addFilter(RootChatter())
+
+
+class RootChatter(logging.Filter):
+    """Drops info and debug records logged on the root logger itself (``logging.info(...)``).
+
+    hfaug logs only through named loggers, so these come from libraries: ONNX Runtime's quantiser
+    writes one "Quantization parameters for tensor ... not specified" line per tensor (dozens per
+    export). A logger's own filters see only the records created on it, so named loggers' records
+    pass untouched. ``-v`` shows them again.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -129,8 +197,12 @@ def quiet_libraries(verbose: bool) -> None:
     # notices every CPU training run or ONNX export repeats, which say nothing about this run (the
     # export's parity gate is what checks the traced graph)
     for message in ("'pin_memory' argument is set as true but no accelerator", "mtime may not be reliable",
-                    ".*might cause the trace to be incorrect", ".*registered as constants in the trace"):
+                    ".*might cause the trace to be incorrect", ".*registered as constants in the trace",
+                    # setuptools' notices, raised when the export's dependencies import pkg_resources
+                    # or distutils: about the environment, not the run
+                    "pkg_resources is deprecated", "Setuptools is replacing distutils", ".*declare_namespace"):
         warnings.filterwarnings("ignore", message=message)
+    warnings.filterwarnings("ignore", module=r"(setuptools|pkg_resources|_distutils_hack)(\..*)?$")
 
 
 def main(argv: list[str] | None = None) -> int:

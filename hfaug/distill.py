@@ -95,7 +95,7 @@ def distill_loss(
 
         loss = (gold_weight * sum_gold CE_i + synthetic_weight * sum_synthetic KL_i) / N
 
-    The paper form (PAPER.md, Teacher and student) puts T on the student only and divides the sums
+    The paper form (arXiv 2407.10582, "Teacher and student") puts T on the student only and divides the sums
     by the batch size; the standard form (Hinton et al.) tempers both sides and scales the KL by
     T^2 so its gradients keep their size, and its batchmean is also over the N rows of the batch.
     In the hard-label modes the loss form does not matter: every row takes plain cross-entropy.
@@ -149,7 +149,7 @@ def _build_distill_config():
     class DistillConfig(TrainingArguments):
         """How students are distilled: the student model, the loss, and every TrainingArguments option.
 
-        Defaults follow the paper (PAPER.md, Teacher and student): 15 epochs, lr 5e-6, AdamW
+        Defaults follow the paper (arXiv 2407.10582, "Teacher and student"): 15 epochs, lr 5e-6, AdamW
         (eps 1e-8, no weight decay), linear decay without warm-up, gradient clipping 1.0, best
         epoch by dev accuracy, T = 1.5 on the student only."""
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import health
 from .config import Recipe, import_entry, to_dict
 from .errors import HfaugError, did_you_mean
 from .runs import Run, execute
@@ -94,8 +95,10 @@ def run_stage(run: Run, name: str, *, force: bool = False) -> tuple[dict, bool]:
     inputs = [i for i in stage.inputs if i in {s.name for s in planned(recipe)}]
     for dep in inputs:
         run.require(dep)
-    return execute(run, name, stage_function(stage), recipe.sections[stage.section], inputs,
-                   force=force, reads=stage_reads(recipe, stage))
+    manifest, skipped = execute(run, name, stage_function(stage), recipe.sections[stage.section], inputs,
+                                force=force, reads=stage_reads(recipe, stage))
+    health.enforce(run, name, manifest)  # warns, or stops the run after a stage that finished broken
+    return manifest, skipped
 
 
 def stage_reads(recipe: Recipe, stage: Stage) -> dict:
@@ -135,18 +138,25 @@ def summary(run: Run, report: list | None = None) -> str:
     """A plain-text table of a run: stages, status, rows, drops, metrics and where things are."""
     report = report if report is not None else run.report
     lines = [f"hfaug run '{run.recipe.run.name}' ({run.recipe.run.task}) in {run.root}", ""]
-    header = f"{'stage':<17} {'status':<8} {'rows in':>8} {'rows out':<34} {'dropped':<30} {'time':>7}"
-    lines += [header, "-" * len(header)]
+    # `dropped` is the last column and never cut: every dropped row is counted by reason, and the
+    # reasons are what a user reads the table for
+    header = f"{'stage':<17} {'status':<8} {'rows in':>8} {'rows out':<34} {'time':>7}  dropped"
+    lines += [header, "-" * (len(header) + 23)]
     for name, status, manifest, _ in report:
         rows_out = ", ".join(f"{k}={v}" for k, v in (manifest.get("rows_out") or {}).items()) or "-"
         dropped = ", ".join(f"{k}={v}" for k, v in (manifest.get("dropped") or {}).items()) or "-"
         rows_in = manifest.get("rows_in")
         lines.append(f"{name:<17} {status:<8} {rows_in if rows_in is not None else '-':>8} "
-                     f"{_clip(rows_out, 34):<34} {_clip(dropped, 30):<30} {manifest.get('wall_time_s', 0):>6.1f}s")
+                     f"{_clip(rows_out, 34):<34} {manifest.get('wall_time_s', 0):>6.1f}s  {dropped}")
     for name, _, manifest, _ in report:
         for line in _metric_lines(manifest.get("metrics") or {}):
             lines.append(f"  {name}: {line}")
     lines += ["", f"outputs: {run.root}/<stage>/ (manifest.json in each)"]
+    if run.recipe.run.health != "off":
+        problems = [p for name, _, m, _ in report for p in health.findings(run, name, m)]
+        if problems:
+            lines += ["", "health (see the log for each; recipe key health: warn|stop|off):"]
+            lines += [f"  {p}" for p in problems]
     hints = [h for _, _, m, _ in report for h in (m.get("extra") or {}).get("next", [])]
     if hints:
         lines += ["next:"] + [f"  {h}" for h in hints]

@@ -1,4 +1,4 @@
-"""The column contract between stages (DESIGN.md): names, types, and which stage writes each.
+"""The column contract between stages: names, types, and which stage writes each.
 
 Every stage checks the columns it needs on entry with :func:`require_columns`, so a dataset from
 the wrong place fails with one line naming the missing column and the stage that writes it.

@@ -36,7 +36,7 @@ before ranking (the authors skipped them while taking rows: the same choice when
 carry the same scores, as identical texts do). For NLI the
 paper embeds the premise (default); their ``diverseTopK.py`` embedded premise and hypothesis joined
 by a tab, which is ``embed_column: pair``. For amb-k/easy-k one version of their code groups rows
-by the best checkpoint's argmax (the teacher label, ``dynamics_class: label``); PAPER.md's form,
+by the best checkpoint's argmax (the teacher label, ``dynamics_class: label``); the paper's form,
 the final checkpoint's argmax, is the default.
 
 Shortfall: a class with fewer than k rows gives what it has. With ``shortfall: redistribute``

@@ -102,8 +102,10 @@ class GenerateConfig:
         "help": "transformers only (TGI and OpenAI servers lack it): no repeated n-grams of this size."})
     repetition_penalty: float | None = field(default=None, metadata={"help": "Repetition penalty."})
     stop: list[str] = field(default_factory=list, metadata={"help": "Stop sequences."})
-    prompt_format: str = field(default="llama2", metadata={
-        "help": "tgi: how chat messages become a prompt: llama2, chatml, zephyr, plain, or a Jinja chat template."})
+    prompt_format: str = field(default="auto", metadata={
+        "help": "tgi: how chat messages become a prompt: auto (the model's own chat template, from generate.model "
+                "or the server's /info model id; fails when it cannot be read), llama2, chatml, zephyr, plain, "
+                "or a Jinja chat template."})
     details: bool = field(default=False, metadata={
         "help": "tgi: ask for generation details (finish reason, token counts); costs client CPU per token."})
     concurrency: int = field(default=32, metadata={
@@ -121,6 +123,15 @@ class GenerateConfig:
         "help": "Share of requests allowed to fail after retries; more ends the run (a rerun retries them)."})
     token_env: str | None = field(default="HF_TOKEN", metadata={
         "help": "Environment variable holding the server's token (read at run time, never logged)."})
+    token_endpoints: list[str] = field(default_factory=list, metadata={
+        "help": "Endpoints (besides the Hub's own https services) that need the token; never plain http to "
+                "another host."})
+    refresh_cache: bool = field(default=False, metadata={
+        "help": "Send every request again (the cache is rewritten, not read), e.g. after a server fault."})
+    torch_dtype: str | None = field(default=None, metadata={
+        "help": "transformers: weights dtype (bfloat16, float16, float32, auto) for large models."})
+    device_map: str | None = field(default=None, metadata={
+        "help": "transformers: accelerate device map (e.g. auto: spread a large model over the GPUs)."})
     max_rows: int | None = field(default=130_000, metadata={
         "help": "Keep at most this many clean rows after a seeded shuffle (the paper's pool: 130,000); null: all."})
     held_out: int = field(default=0, metadata={
@@ -227,7 +238,7 @@ def generate(config: GenerateConfig, task: "Task", *, seed: int = 42, cache_dir:
 
     shots = _shots(config, task, seed, source)
     backend = backend or make_backend(config, model=config.model_ref)
-    cache = _open_cache(cache_dir)
+    cache = _open_cache(cache_dir, refresh=config.refresh_cache)
     try:
         return run_sync(_generate(config, task, seed, backend, cache, shots))
     finally:
@@ -254,10 +265,10 @@ def _shots(config: GenerateConfig, task: "Task", seed: int, source):
     return {"review": make(None), "premise": make("premise"), "hypothesis": make(None)}
 
 
-def _open_cache(cache_dir):
+def _open_cache(cache_dir, refresh: bool = False):
     from .cache import RequestCache
 
-    return RequestCache(Path(cache_dir) / "requests.sqlite") if cache_dir else None
+    return RequestCache(Path(cache_dir) / "requests.sqlite", refresh=refresh) if cache_dir else None
 
 
 async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "Backend", cache, shots=None):

@@ -1,4 +1,4 @@
-"""Cleaning of raw generations, as the paper's authors did it (PAPER.md "Generation"), each rule
+"""Cleaning of raw generations, as the paper's authors did it (arXiv 2407.10582, "Generation"), each rule
 switchable, plus exact and near-duplicate removal. Every dropped text gets a reason.
 
 The rules run in the authors' order: cut the chat scaffolding, keep the text inside quotes / after
