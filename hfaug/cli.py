@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="folder for run directories (recipe: output_dir)")
     p.add_argument("--name", help="run name (recipe: name)")
     p.add_argument("--wait", action="store_true", help="if another run holds the run directory, wait for it")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the experiment grid (students to train) and its GPU-hour estimate; run nothing")
 
     from .pipeline import PIPELINE  # light: no torch, transformers or datasets
 
@@ -64,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         if stage.name == "generate":
             p.add_argument("--dry-run", action="store_true",
                            help="send a few real requests and estimate tokens and time for the run")
+        if stage.name == "distill":
+            p.add_argument("--shard", metavar="I/N",
+                           help="train only the I-th of N shares of the grid's students (I from 0), e.g. one "
+                                "process per GPU; then run distill once without --shard to collect them")
         if stage.name == "publish":
             p.add_argument("--local-dir",
                            help="write the repo layout to this folder only, push nothing (publish.local_dir)")
@@ -274,6 +280,11 @@ def _dispatch(args, extra: list[str]) -> int:
     from . import pipeline
 
     quiet_libraries(args.verbose)
+    if args.command == "run" and args.dry_run:
+        from .grid import dry_run
+
+        print(dry_run(recipe))
+        return 0
     if args.command == "run":
         run = pipeline.run_pipeline(recipe, force=args.force, wait=args.wait)
         print(pipeline.summary(run))
@@ -284,6 +295,12 @@ def _dispatch(args, extra: list[str]) -> int:
         from .generate import dry_run
 
         print(dry_run(run))  # a few real requests and an estimate; no stage output is written
+        return 0
+    if getattr(args, "shard", None) is not None:
+        from .distill import train_shard
+        from .grid import parse_shard
+
+        print(train_shard(run, *parse_shard(args.shard)))  # the cache only; a plain distill collects
         return 0
     manifest, skipped = pipeline.run_stage(run, args.command, force=args.force, wait=args.wait)
     if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`, one summary
