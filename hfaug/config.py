@@ -70,6 +70,11 @@ class RunConfig:
                 "'hybrid' (not the paper's): the teacher labels English generations, the labels are copied "
                 "onto their translations, the student trains on English gold + translated synthetic rows. "
                 "Default: english-teacher without a translate section, hybrid with one (docs/fidelity.md)."})
+    # YAML reads a bare `off` as false: both spellings mean off
+    health: typing.Literal["warn", "stop", "off"] | bool = field(default="warn", metadata={
+        "help": "Health checks (teacher at chance, one label taking nearly all labels, a subset missing a "
+                "class, a student no better than the baseline): 'warn' logs and lists them, 'stop' ends the run "
+                "after the stage (its output kept), 'off' skips them."})
 
     def __post_init__(self):
         from .tasks import get_task
@@ -78,6 +83,8 @@ class RunConfig:
         if self.setting is not None and self.setting not in SETTINGS:
             raise HfaugError(f"'recipe.setting' must be one of {list(SETTINGS)}, got {self.setting!r}"
                              f"{did_you_mean(str(self.setting), SETTINGS)}")
+        if isinstance(self.health, bool):
+            self.health = "warn" if self.health else "off"
 
 
 @dataclass

@@ -41,13 +41,13 @@ def test_each_setting_has_its_stage_order_and_inputs(demo_recipe):
     # the generations are translated before the teacher (trained on the translated source) labels them
     assert order.index("translate-source") < order.index("teacher")
     assert order.index("generate") < order.index("translate") < order.index("label") < order.index("select")
-    assert stage_inputs(translated, STAGES["translate"]) == ("generate",)
-    assert stage_inputs(translated, STAGES["label"]) == ("translate", "teacher")
-    assert stage_inputs(translated, STAGES["select"]) == ("label",)
+    assert stage_inputs(translated, STAGES["translate"]) == ["generate"]
+    assert stage_inputs(translated, STAGES["label"]) == ["translate", "teacher"]
+    assert stage_inputs(translated, STAGES["select"]) == ["label"]
 
     english = load_recipe(demo_recipe, {"setting": "english-teacher"})
     assert "translate" not in names(english) and "translate-source" not in names(english)
-    assert stage_inputs(english, STAGES["label"]) == ("generate", "teacher")
+    assert stage_inputs(english, STAGES["label"]) == ["generate", "teacher"]
 
     hybrid = load_recipe(demo_recipe, {"setting": "hybrid"})
     order = names(hybrid)
