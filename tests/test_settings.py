@@ -23,7 +23,7 @@ def tiny_recipe(out, setting: str) -> dict:
     data["translate"].update(languages=["hi"], max_new_tokens=12, min_new_tokens=4, batch_size=64)
     data["select"].update(strategies=["top-k", "random"], budgets=[3], figures=False)
     lang = "hi" if setting == "translated-teacher" else "en"
-    data["distill"].update(subsets=[f"{lang}-topk-3"], num_train_epochs=1)
+    data["distill"].update(subsets=[f"{lang}-topk-3"], num_train_epochs=1, seeds=[42], baseline=False)
     data["publish"] = {"license": "cc-by-4.0", "models": False}
     for section in ("export", "evaluate"):
         data.pop(section)
@@ -74,6 +74,8 @@ def test_every_packaged_paper_recipe_runs_one_of_the_paper_settings():
 
     settings = {}
     for name in packaged_recipes():
+        if not name.startswith(("paper/", "demo-english-teacher")) and name != "demo":
+            continue
         recipe = load_recipe(name)
         assert recipe.run.setting in ("english-teacher", "translated-teacher"), name
         settings.setdefault(name.removesuffix("-english-teacher"), set()).add(recipe.setting)
@@ -107,7 +109,7 @@ def test_both_settings_end_to_end(tmp_path):
         assert run.manifest(stage)["setting"] == "translated-teacher"
     card = (run.stage_dir("publish") / "hub-layout" / "README.md").read_text()
     assert "| setting | `translated-teacher`" in card
-    model_card = (run.stage_dir("distill") / "students" / "hi-topk-3" / "README.md").read_text()
+    model_card = (run.stage_dir("distill") / "students" / "hi-topk-3-seed42" / "README.md").read_text()
     assert "`translated-teacher`" in model_card
 
     data = tiny_recipe(tmp_path, "english-teacher")
