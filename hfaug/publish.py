@@ -609,6 +609,37 @@ def students(ctx: StageContext) -> dict[str, dict[str, Path]]:
     return found
 
 
+ONNX_SUBFOLDER = "onnx"
+INT8_FILE = "model_quantized.onnx"
+
+
+def model_layout(parts: dict[str, Path], folder: Path) -> Path:
+    """A student's model repo in ``folder``: the PyTorch model at the root, the ONNX files in onnx/.
+
+    Optimum's names, so ``ORTModelForSequenceClassification.from_pretrained(repo, subfolder="onnx",
+    file_name="model_quantized.onnx")`` and the Space (spaces/hfaug_space.py) read the same files::
+
+        onnx/model.onnx (+ model.onnx_data when the fp32 graph is over 2 GB)   fp32
+        onnx/model_quantized.onnx                                              dynamic int8, one file
+        onnx/config.json, onnx/tokenizer.json, ...                             shared by both
+    """
+    shutil.copytree(parts["model"], folder)
+    onnx = folder / ONNX_SUBFOLDER
+    if "onnx" in parts:
+        shutil.copytree(parts["onnx"], onnx, dirs_exist_ok=True)
+    if "int8" in parts:
+        onnx.mkdir(exist_ok=True)
+        source = parts["int8"] / "model.onnx"
+        if source.is_file():
+            shutil.copy2(source, onnx / INT8_FILE)
+        for item in parts["int8"].iterdir():
+            # config and tokenizer when there is no fp32 export; never the fp32 graph's external data
+            if (item.is_file() and item.suffix != ".onnx" and not item.name.endswith(("_data", ".data"))
+                    and not (onnx / item.name).exists()):
+                shutil.copy2(item, onnx / item.name)
+    return folder
+
+
 def model_card_context(ctx: StageContext, name: str, *, repo_id: str | None, revision: str | None,
                        onnx: bool) -> dict[str, Any]:
     """What model_cards/model_card.md needs, from the run (used when a student has no README.md)."""
@@ -671,13 +702,7 @@ def run_models(ctx: StageContext) -> StageResult:
                                   retries=config.retries, retry_wait=config.retry_wait)
             tag = publisher.prepare(config.tag)
         folder = ctx.out_dir / LAYOUT_DIR / name
-        shutil.copytree(parts["model"], folder)
-        if "onnx" in parts:
-            shutil.copytree(parts["onnx"], folder / "onnx")
-        if "int8" in parts:  # Optimum's naming: onnx/model_quantized.onnx beside onnx/model.onnx
-            (folder / "onnx").mkdir(exist_ok=True)
-            for item in parts["int8"].glob("*.onnx"):
-                shutil.copy2(item, folder / "onnx" / f"{item.stem}_quantized.onnx")
+        model_layout(parts, folder)
         if not (folder / "README.md").exists():
             context = model_card_context(ctx, name, repo_id=repo_id, revision=tag,
                                          onnx="onnx" in parts or "int8" in parts)
