@@ -533,3 +533,31 @@ def test_server_also_speaks_datasets_push_to_hub(hub, tmp_path):
     cache = str(tmp_path / "c")
     assert datasets.load_dataset("tester/pushed", "one", cache_dir=cache)["train"]["text"] == ["a", "b", "c"]
     assert datasets.load_dataset("tester/pushed", "two", cache_dir=cache)["train"]["text"] == ["a"]
+
+
+# ---------------------------------------------------------------------------------------------
+# reproducibility: every cache key holds what changes the output
+
+
+def test_a_second_version_with_another_seed_reproduces_byte_for_byte(tmp_path):
+    """v2 (seed 2) shares v1's (seed 1) translation cache; a clean rerun of v2 must give v2's very bytes."""
+    import datasets
+
+    from hfaug.translate import TranslateConfig, translate
+
+    data = datasets.Dataset.from_dict({"id": [f"r{i}" for i in range(6)], "task": ["sentiment"] * 6,
+                                       "text": [f"The room {i} was clean and the staff kind." for i in range(6)],
+                                       "label": [i % 3 for i in range(6)]})
+    config = TranslateConfig(model="hfaug://tiny/mt", languages=["hi"], num_beams=1, do_sample=True,
+                             max_new_tokens=12, min_new_tokens=4, min_script_ratio=0.0)  # seed: the run's
+
+    def parquet(seed: int, cache: Path) -> bytes:
+        out, _, _ = translate(data, config, cache_dir=cache, seed=seed, progress=False)
+        path = tmp_path / f"out-{seed}-{cache.name}.parquet"
+        out["hi"].to_parquet(str(path))
+        return path.read_bytes()
+
+    v1 = parquet(1, tmp_path / "run-cache")
+    v2 = parquet(2, tmp_path / "run-cache")  # the same run folder, a new seed
+    assert v2 != v1
+    assert parquet(2, tmp_path / "clean-cache") == v2
