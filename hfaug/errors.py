@@ -23,3 +23,12 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     if close:
         return f" (did you mean '{close[0]}'?)"
     return f" (valid: {', '.join(choices)})" if choices else ""
+
+
+class HubError(HfaugError):
+    """The Hub (or the network to it) failed after retries: not the recipe's fault, so its own exit code.
+
+    The message names what was done and what was not, and the command that finishes the work.
+    """
+
+    exit_code = 3

@@ -473,7 +473,9 @@ def test_students_publish_as_versioned_model_repos(hub, tmp_path):
     manifest, _ = pipeline.run_stage(run, "publish-model", force=True)
     assert manifest["metrics"]["students"]["hi-divk-4"]["tag"] == "v2"
     v2 = hub.files(model_repo, "v2", repo_type="model")
-    assert v2["README.md"].startswith(b"---\nlicense: mit") and "onnx/model.onnx" not in v2
+    # the student's own card, with publish.license (the recipe's default here) replacing its license
+    assert v2["README.md"].startswith(b"---\nlicense: cc-by-4.0\n---\n# a student card from distill")
+    assert "onnx/model.onnx" not in v2
     assert "onnx/model.onnx" in hub.files(model_repo, "v1", repo_type="model")  # v1 intact
 
     from huggingface_hub import hf_hub_download
