@@ -563,3 +563,112 @@ def test_a_second_version_with_another_seed_reproduces_byte_for_byte(tmp_path):
     v2 = parquet(2, tmp_path / "run-cache")  # the same run folder, a new seed
     assert v2 != v1
     assert parquet(2, tmp_path / "clean-cache") == v2
+
+
+# ---------------------------------------------------------------------------------------------
+# a release: dataset and students as one unit
+
+
+STUDENTS = ["hi-divk-4", "hi-all"]
+
+
+def release_run(tmp_path, **publish_cfg) -> Run:
+    """A run whose recipe trains students: publish defers the dataset to publish-model's release."""
+    data = recipe_dict(tmp_path, repo_id=REPO, retries=1, **publish_cfg)
+    data["distill"] = {}
+    run = Run(load_recipe(data))
+    write_inputs(run, "v1", V1)
+    return run
+
+
+def model_commits(hub, repo: str) -> int:
+    return len(hub.repo(repo, "model").commits) if hub.repo(repo, "model") else 0
+
+
+def test_a_release_pushes_nothing_before_every_gate_then_one_tag_everywhere(hub, tmp_path):
+    run = release_run(tmp_path)
+    pipeline.run_stage(run, "publish", force=True)
+    assert hub.repo(REPO) is None  # the dataset waits for the students' gates (export parity)
+    # a second dataset version already exists elsewhere: the release takes the next tag on every repo
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo(REPO, repo_type="dataset")
+    for tag in ("v1", "v2"):
+        api.create_tag(REPO, tag=tag, repo_type="dataset")
+    write_students(run, STUDENTS, readme=False, onnx=True)
+    manifest, _ = pipeline.run_stage(run, "publish-model", force=True)
+    repos = [REPO] + [f"{REPO}-{s}" for s in STUDENTS]
+    assert manifest["metrics"]["dataset"]["tag"] == "v3"
+    assert [manifest["metrics"]["students"][s]["tag"] for s in STUDENTS] == ["v3", "v3"]
+    assert "v3" in hub.repo(REPO).tags and all("v3" in hub.repo(r, "model").tags for r in repos[1:])
+    # each card names the other parts of the release at the same tag
+    dataset_card = hub.files(REPO, "v3")["README.md"].decode()
+    assert all(f"[`{r}`](https://huggingface.co/{r}/tree/v3)" in dataset_card for r in repos[1:])
+    for student in repos[1:]:
+        card = hub.files(student, "v3", repo_type="model")["README.md"].decode()
+        assert f"datasets/{REPO}/tree/v3" in card and f'"{REPO}"' in card and "revision: v3" not in card
+        assert all(f"{r}/tree/v3" in card for r in repos[1:] if r != student)
+        assert validate_card(card, "model")[0] == []
+    assert load_all(REPO, "v3", tmp_path / "c") == expected("v1", V1)
+
+
+def test_a_half_done_release_is_finished_by_a_rerun_with_the_same_tag(hub, tmp_path, capsys):
+    import yaml
+
+    run = release_run(tmp_path)
+    write_students(run, STUDENTS, readme=False, onnx=True)
+    pipeline.run_stage(run, "publish", force=True)
+    first, second = (f"{REPO}-{s}" for s in sorted(STUDENTS))  # the order publish-model pushes them in
+    hub.fail("POST", rf"/api/models/{second}/commit/", times=100)  # the last repo cannot be committed
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(run.recipe.raw))
+    capsys.readouterr()
+    assert cli.main(["publish-model", "--config", str(path)]) == 3  # the Hub failed: not a bad recipe (2)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("hfaug: error:")]
+    assert len(errors) == 1 and second in errors[0] and TOKEN not in err and "Traceback" not in err
+    assert hub.repo(REPO).tags.keys() == {"v1"} and hub.repo(first, "model").tags.keys() == {"v1"}
+    commits_before = model_commits(hub, first)
+
+    hub.clear_failures()
+    # a failed tag: the commit is there, the message says how to finish
+    hub.fail("POST", rf"/api/models/{second}/tag/", times=100)
+    assert cli.main(["publish-model", "--config", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert "pushed but not tagged 'v1'" in err and f"hfaug run --config {path}" in err
+    hub.clear_failures()
+    # the plain rerun finishes v1: the missing tag only, nothing pushed twice, no v2 anywhere
+    assert cli.main(["publish-model", "--config", str(path)]) == 0
+    assert model_commits(hub, first) == commits_before and model_commits(hub, second) == 2  # creation + v1
+    assert hub.repo(second, "model").tags.keys() == {"v1"} and hub.repo(first, "model").tags.keys() == {"v1"}
+    assert hub.repo(REPO).tags.keys() == {"v1"}
+
+    # a failed --force (v2 half pushed) is never "unchanged, skipped" on the next plain run
+    hub.fail("POST", rf"/api/models/{second}/commit/", times=100)
+    assert cli.main(["publish-model", "--config", str(path), "--force"]) == 3
+    hub.clear_failures()
+    assert cli.main(["publish-model", "--config", str(path)]) == 0
+    assert "skipped" not in capsys.readouterr().err
+    assert {r: set(hub.repo(r, t).tags) for r, t in ((REPO, "dataset"), (first, "model"), (second, "model"))} == {
+        REPO: {"v1", "v2"}, first: {"v1", "v2"}, second: {"v1", "v2"}}
+
+
+def test_unchanged_files_are_not_committed_again(hub, tmp_path):
+    """The test Hub answers preupload with each file's oid (sha256 for LFS), as the Hub does."""
+    from huggingface_hub import HfApi
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "big.bin").write_bytes(b"\0" * 1000)
+    (folder / "a.txt").write_text("one")
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo("tester/m")
+    api.upload_folder(repo_id="tester/m", folder_path=str(folder))
+    head = hub.repo("tester/m", "model").branches["main"]
+    assert api.upload_folder(repo_id="tester/m", folder_path=str(folder)).oid == head  # nothing changed: no commit
+    assert hub.repo("tester/m", "model").branches["main"] == head
+    (folder / "a.txt").write_text("two")
+    api.upload_folder(repo_id="tester/m", folder_path=str(folder))
+    commit = hub.repo("tester/m", "model").branches["main"]
+    assert commit != head and hub.files("tester/m", commit, repo_type="model")["a.txt"] == b"two"
