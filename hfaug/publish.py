@@ -145,9 +145,29 @@ def redact(data: Any, secrets: tuple[str, ...] = ()) -> Any:
     return data
 
 
-def _secrets() -> tuple[str, ...]:
+def _secrets(recipe: Any = None) -> tuple[str, ...]:
+    """The token, and the values of the recipe's secret-looking keys (to blank wherever they recur)."""
     token = hub_token()
-    return (token,) if token else ()
+    found = [token] if token else []
+
+    def walk(data: Any) -> None:
+        if isinstance(data, dict):
+            for k, v in data.items():
+                if isinstance(k, str) and SECRET_KEY_RE.search(k) and isinstance(v, str) and len(v) >= 4:
+                    found.append(v)
+                else:
+                    walk(v)
+        elif isinstance(data, (list, tuple)):
+            for v in data:
+                walk(v)
+
+    walk(getattr(recipe, "raw", None))
+    return tuple(sorted(set(found), key=len, reverse=True))  # longest first: no partial leftovers
+
+
+def scrub(text: str, ctx: StageContext) -> str:
+    """Free text (cards, commit messages) with every secret blanked, as recipe.yaml has it."""
+    return redact(text, _secrets(ctx.recipe))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +432,7 @@ def build_layout(ctx: StageContext, folder: Path, *, repo_id: str | None, tag: s
     card = dataset_card(configs, files, ctx.task, license=config.license, pretty_name=pretty,
                         description=ctx.recipe.run.description, provenance=provenance(ctx, configs),
                         figures=figures, repo_id=repo_id, revision=tag, local_path=None if repo_id else local_path)
-    (folder / "README.md").write_text(card, encoding="utf-8")
+    (folder / "README.md").write_text(scrub(card, ctx), encoding="utf-8")
     return {name: {split: len(ds) for split, ds in splits.items()} for name, splits in configs.items()}
 
 
@@ -420,7 +440,7 @@ def recipe_yaml(ctx: StageContext) -> str:
     """The resolved recipe as uploaded: secret-looking keys blanked, the token nowhere."""
     import yaml
 
-    data = redact(ctx.recipe.raw, _secrets())
+    data = redact(ctx.recipe.raw, _secrets(ctx.recipe))
     data.pop("output_dir", None)  # a path of this machine; reproduce chooses its own folder
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
@@ -596,7 +616,7 @@ def run(ctx: StageContext) -> StageResult:
     where = str(Path(config.local_dir) if config.local_dir else ctx.run.stage_dir(ctx.stage) / LAYOUT_DIR)
     hints = []
     if publisher is not None:
-        sha = publisher.push(folder, tag, config.commit_message or f"hfaug publish {tag}")
+        sha = publisher.push(folder, tag, scrub(config.commit_message or f"hfaug publish {tag}", ctx))
         metrics.update({"repo_id": config.repo_id, "tag": tag, "commit": sha, "endpoint": hub_endpoint()})
         first = next(iter(counts))
         hints.append(f"load_dataset({config.repo_id!r}, {first!r}, revision={tag!r})")
@@ -747,7 +767,7 @@ def release(ctx: StageContext, targets: list[Target], token: str) -> tuple[str, 
                              "tags are never moved: choose a new publish.tag, or leave it empty for the next vN")
     path.write_text(json.dumps(record, indent=1), encoding="utf-8")
     (ctx.run.stage_dir(ctx.stage) / MANIFEST).unlink(missing_ok=True)
-    message = config.commit_message or f"hfaug publish {tag}"
+    message = scrub(config.commit_message or f"hfaug publish {tag}", ctx)
     for target in targets:
         repo, publisher = target.repo_id, publishers[target.repo_id]
         if tags[repo].get(tag) == record["repos"][repo] is not None:
@@ -828,7 +848,7 @@ def run_models(ctx: StageContext) -> StageResult:
                 dataset=(dataset, tag) if dataset else None))
         if tag is not None:
             card = card.rstrip("\n") + release_section(tag, dataset, [r for n, r in repos.items() if n != name])
-        card_path.write_text(card, encoding="utf-8")
+        card_path.write_text(scrub(card, ctx), encoding="utf-8")
         return folder
 
     def build_dataset(tag: str) -> Path:
@@ -837,7 +857,7 @@ def run_models(ctx: StageContext) -> StageResult:
             shutil.rmtree(folder)
         build_layout(ctx, folder, repo_id=dataset, tag=tag)
         card = folder / "README.md"
-        card.write_text(card.read_text(encoding="utf-8").rstrip("\n") + release_section(tag, None, list(repos.values())),
+        card.write_text(scrub(card.read_text(encoding="utf-8").rstrip("\n") + release_section(tag, None, list(repos.values())), ctx),
                         encoding="utf-8")
         return folder
 

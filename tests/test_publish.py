@@ -672,3 +672,24 @@ def test_unchanged_files_are_not_committed_again(hub, tmp_path):
     api.upload_folder(repo_id="tester/m", folder_path=str(folder))
     commit = hub.repo("tester/m", "model").branches["main"]
     assert commit != head and hub.files("tester/m", commit, repo_type="model")["a.txt"] == b"two"
+
+
+def test_a_token_typed_into_free_text_is_redacted_everywhere(hub, tmp_path):
+    """description, pretty_name and commit_message are blanked like recipe.yaml, in every card and commit."""
+    run = release_run(tmp_path, pretty_name=f"demo {TOKEN}", commit_message=f"release with {TOKEN}")
+    run.recipe.run.description = f"my token is {TOKEN} oops"
+    write_students(run, ["hi-divk-4"], readme=False, onnx=False)
+    pipeline.run_stage(run, "publish", force=True)
+    pipeline.run_stage(run, "publish-model", force=True)
+    texts = {f"{repo}:{path}": data for repo, kind in ((REPO, "dataset"), (f"{REPO}-hi-divk-4", "model"))
+             for path, data in hub.files(repo, "v1", repo_type=kind).items()}
+    texts.update({f"commit {c.sha}": (c.title + c.message).encode()
+                  for repo, kind in ((REPO, "dataset"), (f"{REPO}-hi-divk-4", "model"))
+                  for c in hub.repo(repo, kind).commits.values()})
+    for stage in ("publish", "publish-model"):  # the local layouts, as pushed
+        for path in (run.stage_dir(stage) / "hub-layout").rglob("*"):
+            if path.is_file():
+                texts[str(path)] = path.read_bytes()
+    assert [where for where, data in texts.items() if TOKEN.encode() in data] == []
+    assert b"my token is <redacted> oops" in texts[f"{REPO}:README.md"]
+    assert b"my token is <redacted> oops" in texts[f"{REPO}-hi-divk-4:README.md"]
