@@ -780,7 +780,7 @@ def release(ctx: StageContext, targets: list[Target], token: str) -> tuple[str, 
             publisher.tag(record["repos"][repo], tag, message)
         except HubError as e:
             raise HubError(f"{e}. Commit {record['repos'][repo][:8]} of {repo} is pushed but not tagged '{tag}'; "
-                           f"rerun `hfaug run --config {ctx.recipe.ref}` to finish release {tag}") from None
+                           f"rerun `hfaug publish-model --config {ctx.recipe.ref}` (or the whole run) to finish release {tag}") from None
     path.unlink()
     return tag, record["repos"]
 

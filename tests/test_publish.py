@@ -636,7 +636,7 @@ def test_a_half_done_release_is_finished_by_a_rerun_with_the_same_tag(hub, tmp_p
     hub.fail("POST", rf"/api/models/{second}/tag/", times=100)
     assert cli.main(["publish-model", "--config", str(path)]) == 3
     err = capsys.readouterr().err
-    assert "pushed but not tagged 'v1'" in err and f"hfaug run --config {path}" in err
+    assert "pushed but not tagged 'v1'" in err and f"hfaug publish-model --config {path}" in err
     hub.clear_failures()
     # the plain rerun finishes v1: the missing tag only, nothing pushed twice, no v2 anywhere
     assert cli.main(["publish-model", "--config", str(path)]) == 0
@@ -693,3 +693,48 @@ def test_a_token_typed_into_free_text_is_redacted_everywhere(hub, tmp_path):
     assert [where for where, data in texts.items() if TOKEN.encode() in data] == []
     assert b"my token is <redacted> oops" in texts[f"{REPO}:README.md"]
     assert b"my token is <redacted> oops" in texts[f"{REPO}-hi-divk-4:README.md"]
+
+
+def test_card_metadata_sizes_default_config_and_license(hub, tmp_path):
+    import datasets
+
+    from hfaug.publish import size_category
+
+    assert [size_category(n) for n in (999, 10**7 - 1, 10**7, 2 * 10**8, 10**12 - 1, 10**12)] == [
+        "n<1K", "1M<n<10M", "10M<n<100M", "100M<n<1B", "100B<n<1T", "n>1T"]
+    _, manifest = publish(tmp_path, "v1", V1, repo_id=REPO, license="mit")
+    card = hub.files(REPO, "v1")["README.md"].decode()
+    assert validate_card(card, "dataset")[0] == [] and "license: mit" in card and "default: true" not in card
+    # no default config: the loader names the choices instead of silently loading one subset
+    with pytest.raises(ValueError, match="hi-divk-4") as e:
+        datasets.load_dataset(REPO, revision="v1", cache_dir=str(tmp_path / "c"))
+    assert "en-candidates" in str(e.value) and "Config name is missing" in str(e.value)
+    assert "there is no default" in card
+
+
+def test_the_offline_demo_models_make_no_request_even_with_a_token(tmp_path):
+    """The offline demo's first steps (building the tiny models, loading the packaged data) with a token
+    set and HF_HUB_OFFLINE unset: nothing may leave 127.0.0.1 (tests/netguard refuses and logs it)."""
+    import os
+    import subprocess
+    import sys
+
+    import shutil
+
+    from hfaug.testing import tiny_model
+
+    log = tmp_path / "guard.log"
+    encoder = tiny_model("encoder")  # built once per session; the embedder is built afresh below
+    shutil.copytree(encoder, tmp_path / "home" / encoder.parent.name / encoder.name)
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update({"HF_TOKEN": TOKEN, "HFAUG_HOME": str(tmp_path / "home"), "HFAUG_NETGUARD_LOG": str(log)})
+    env["HF_HOME"] = str(tmp_path / "hf_home")  # a fresh one, as on a first run
+    code = "from hfaug.testing import tiny_model; print(tiny_model('embedder'))"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Path(proc.stdout.strip().splitlines()[-1], "modules.json").is_file()
+    # the demo's first stage loads its packaged data with datasets (which pings a counter unless told not to)
+    proc = subprocess.run([sys.executable, "-m", "hfaug", "source", "--config", "demo", "--output-dir",
+                           str(tmp_path / "runs")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not log.exists(), log.read_text()[-3000:]
