@@ -930,7 +930,12 @@ def reproduce(repo: str, revision: str = "main", output_dir: str | Path | None =
 
 def _download_recipe(repo_id: str, revision: str) -> str:
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     if constants.HF_HUB_OFFLINE:
         raise HfaugError(f"reproduce: HF_HUB_OFFLINE is set, so {repo_id} cannot be downloaded; unset it, "
@@ -940,8 +945,14 @@ def _download_recipe(repo_id: str, revision: str) -> str:
         return api.hf_hub_download(repo_id, RECIPE_FILE, repo_type="dataset", revision=revision)
     except RevisionNotFoundError:
         raise HfaugError(f"reproduce: {repo_id} has no revision '{revision}'") from None
+    except LocalEntryNotFoundError as e:  # the server or the network failed (not a missing file)
+        raise HubError(f"reproduce: downloading {RECIPE_FILE} of {repo_id}@{revision} from {hub_endpoint()} "
+                       f"failed: {_short(e)}; try again later") from None
     except EntryNotFoundError:
         raise HfaugError(f"reproduce: {repo_id}@{revision} has no {RECIPE_FILE}; was it published by hfaug?") from None
     except RepositoryNotFoundError:
         raise HfaugError(f"reproduce: dataset repo {repo_id} not found on {hub_endpoint()} "
                          "(or it is private: set HF_TOKEN)") from None
+    except Exception as e:  # noqa: BLE001 - the server or the network, not the user's input
+        raise HubError(f"reproduce: downloading {RECIPE_FILE} of {repo_id}@{revision} from {hub_endpoint()} "
+                       f"failed: {_short(e)}; try again later") from None

@@ -738,3 +738,13 @@ def test_the_offline_demo_models_make_no_request_even_with_a_token(tmp_path):
                            str(tmp_path / "runs")], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not log.exists(), log.read_text()[-3000:]
+
+
+def test_reproduce_exits_3_when_the_hub_fails(hub, tmp_path, capsys):
+    publish(tmp_path, "v1", V1, repo_id=REPO)
+    hub.fail("HEAD", r"/resolve/", times=100, status=500)
+    hub.fail("GET", r"/resolve/", times=100, status=500)
+    capsys.readouterr()
+    assert cli.main(["reproduce", REPO, "--revision", "v1", "--output-dir", str(tmp_path / "r")]) == 3
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hfaug: error:")]
+    assert len(err) == 1 and "recipe.yaml" in err[0] and "try again later" in err[0]
