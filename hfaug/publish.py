@@ -14,6 +14,11 @@ then, when a repo id and a token are there, pushes it as ONE commit and tags tha
 error and the server is left unchanged. Transient server failures are retried; if the commit
 still fails nothing is tagged and earlier versions are untouched.
 
+When the recipe trains students, the dataset is not pushed here: ``publish-model`` pushes it with
+the students as one release (:func:`release`), after every gate (export parity included) passed,
+under one tag on every repo, resumable after a failure. Hub failures raise
+:class:`~hfaug.errors.HubError` (exit code 3), never the bad-recipe code 2.
+
 Configs: one per selected dataset (``hi-divk-2500``, ``hi-all``, ...), ``en-candidates`` (the
 English generations with teacher soft labels) and ``source-translated`` (the translated source
 data, splits train/validation, with a ``lang`` column).
