@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.hfaug-installed
 # Tests never reach the Hub; the local servers they start live on 127.0.0.1.
 TEST_ENV := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_XET=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install demo test bench lint docs clean chromium
+.PHONY: install demo test bench bench-scale lint docs clean chromium
 
 install: $(STAMP)
 
@@ -30,11 +30,19 @@ chromium:
 demo: $(STAMP)
 	$(BIN)/hfaug run demo
 
+.PHONY: demo-nli
+demo-nli: $(STAMP)
+	$(BIN)/hfaug run demo-nli
+
 test: $(STAMP) chromium
 	$(TEST_ENV) $(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
 	$(TEST_ENV) $(BIN)/python scripts/bench/run_all.py
+
+# the whole flow at 10,000 / 50,000 / 200,000 generations (hours on 2 cores); BENCHMARKS.md gets the table
+bench-scale: $(STAMP)
+	$(TEST_ENV) $(BIN)/python scripts/bench/bench_scale.py --compare
 
 docs: $(STAMP)
 	$(BIN)/hfaug recipes --reference > docs/recipes.md

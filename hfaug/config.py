@@ -56,11 +56,18 @@ class RunConfig:
     seed: int = field(default=42, metadata={"help": "Seed for every random choice of the run."})
     output_dir: str = field(default="runs", metadata={"help": "Folder holding run directories."})
     description: str = field(default="", metadata={"help": "Free text, shown in cards."})
+    # YAML reads a bare `off` as false: both spellings mean off
+    health: typing.Literal["warn", "stop", "off"] | bool = field(default="warn", metadata={
+        "help": "Health checks (teacher at chance, one label taking nearly all labels, a subset missing a "
+                "class, a student no better than the baseline): 'warn' logs and lists them, 'stop' ends the run "
+                "after the stage (its output kept), 'off' skips them."})
 
     def __post_init__(self):
         from .tasks import get_task
 
         get_task(self.task)
+        if isinstance(self.health, bool):
+            self.health = "warn" if self.health else "off"
 
 
 @dataclass

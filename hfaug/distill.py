@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from . import schema
 from .config import lazy_attributes
 from .errors import HfaugError, did_you_mean
+from .grid import BASELINE as BASELINE_NAME
 from .runs import StageContext, StageResult, stable_hash, write_json_atomic
 from .training import accuracy, load_for_fine_tuning, quiet_progress
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     import datasets
     import torch
 
+    from .grid import Student
     from .tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,10 @@ STUDENTS = "students"
 METRICS_JSON = "metrics.json"
 DEFAULT_OUTPUT_DIR = "distill_output"
 _DONE = "done.json"
+RESULTS = "grid"  # results.md, results.json and figures/ of the experiment grid
+RESULTS_DATASET = "results"  # the aggregated results as a dataset (distill/results/)
+CACHE_KEY = "cache_key"  # in metrics.json: the student's key, so a later run can reuse it
+_EVALUATED = ("test", "note", "subset", CACHE_KEY)  # metrics.json keys written after training
 _SUBSET_NAME = re.compile(r"^(?P<lang>[A-Za-z_]+)-(?P<strategy>[a-z_]+?)(?:-(?P<budget>\d+))?$")
 
 
@@ -89,7 +95,7 @@ def distill_loss(
 
         loss = (gold_weight * sum_gold CE_i + synthetic_weight * sum_synthetic KL_i) / N
 
-    The paper form (PAPER.md, Teacher and student) puts T on the student only and divides the sums
+    The paper form (arXiv 2407.10582, "Teacher and student") puts T on the student only and divides the sums
     by the batch size; the standard form (Hinton et al.) tempers both sides and scales the KL by
     T^2 so its gradients keep their size, and its batchmean is also over the N rows of the batch.
     In the hard-label modes the loss form does not matter: every row takes plain cross-entropy.
@@ -143,7 +149,7 @@ def _build_distill_config():
     class DistillConfig(TrainingArguments):
         """How students are distilled: the student model, the loss, and every TrainingArguments option.
 
-        Defaults follow the paper (PAPER.md, Teacher and student): 15 epochs, lr 5e-6, AdamW
+        Defaults follow the paper (arXiv 2407.10582, "Teacher and student"): 15 epochs, lr 5e-6, AdamW
         (eps 1e-8, no weight decay), linear decay without warm-up, gradient clipping 1.0, best
         epoch by dev accuracy, T = 1.5 on the student only."""
 
@@ -167,6 +173,15 @@ def _build_distill_config():
             "help": "Languages whose translated source (translate-source train-<lang>/dev-<lang>) is the gold "
                     "data instead of the English source; empty: the English source."})
         trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+        seeds: list[int] | None = field(default=None, metadata={
+            "help": "The experiment grid's seeds (the paper: [42, 12, 100]): one student per subset and seed, "
+                    "named <subset>-seed<N>; null: one student per subset with `seed`."})
+        baseline: bool | None = field(default=None, metadata={
+            "help": "Also train the source-only student (gold rows, no synthetic rows), the baseline of the "
+                    "results; null: with `seeds` (every grid has it)."})
+        estimate_rows_per_second: float = field(default=120.0, metadata={
+            "help": "Training rows per second of one student on one GPU, for the GPU-hour estimate of "
+                    "`hfaug run RECIPE --dry-run` (a trained student's metrics.json has the measured value)."})
         # TrainingArguments defaults changed to the paper's and to the stage's needs
         output_dir: str | None = field(default=DEFAULT_OUTPUT_DIR, metadata={
             "help": "Trainer checkpoints (the distill stage uses its cache folder instead)."})
@@ -200,6 +215,10 @@ def _build_distill_config():
                 raise ValueError(f"distill.label_mode must be one of {list(LABEL_MODES)}, got {self.label_mode!r}")
             if self.gold_weight < 0 or self.synthetic_weight < 0 or self.gold_weight + self.synthetic_weight == 0:
                 raise ValueError("distill.gold_weight and synthetic_weight must be >= 0 and not both 0")
+            if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+                raise ValueError(f"distill.seeds must be distinct and not empty (e.g. [42, 12, 100]), got {self.seeds}")
+            if self.estimate_rows_per_second <= 0:
+                raise ValueError("distill.estimate_rows_per_second must be positive")
             if self.max_length < 8:
                 raise ValueError(f"distill.max_length must be at least 8, got {self.max_length}")
             if self.remove_unused_columns:
@@ -557,7 +576,8 @@ def _evaluate(ctx: StageContext, model_dir: Path, test_sets: dict[str, "datasets
     evaluate = ctx.recipe.sections["evaluate"]
     classifier = load_classifier(model_dir, max_length=getattr(evaluate, "max_length", None) or ctx.config.max_length,
                                  batch_size=getattr(evaluate, "batch_size", None) or ctx.config.per_device_eval_batch_size)
-    return {key: score(classifier, data, ctx.task) for key, data in test_sets.items()}
+    # the predictions are kept for the paired comparisons of the results (not written to metrics.json)
+    return {key: score(classifier, data, ctx.task, with_predictions=True) for key, data in test_sets.items()}
 
 
 def _training_parameters(config) -> dict[str, Any]:
@@ -572,7 +592,8 @@ def _training_parameters(config) -> dict[str, Any]:
     return out
 
 
-def _card(ctx: StageContext, subset: dict, metrics: dict, note: str | None, gold_desc: str) -> str:
+def _card(ctx: StageContext, subset: dict, metrics: dict, note: str | None, gold_desc: str,
+          grid: dict | None = None, name: str | None = None) -> str:
     from .cards import render
 
     config = ctx.config
@@ -582,12 +603,13 @@ def _card(ctx: StageContext, subset: dict, metrics: dict, note: str | None, gold
         "name": "source (gold)", "path": getattr(source, "path", None), "revision": getattr(source, "revision", None),
         "description": gold_desc,
     }]
-    datasets_used.append({
+    datasets_used.append({} if subset["name"] == BASELINE_NAME else {
         "name": f"{subset['name']} (synthetic, teacher soft labels)",
         "path": published.get("repo_id") or published.get("repo") or f"{ctx.run.root}/select/{subset['name']}",
         "revision": published.get("tag") or published.get("revision") or published.get("commit"),
         "description": f"select output '{subset['name']}'",
     })
+    datasets_used = [d for d in datasets_used if d]  # the source-only baseline has no synthetic rows
     base = config.model
 
     def is_hub_id(ref) -> bool:
@@ -596,7 +618,7 @@ def _card(ctx: StageContext, subset: dict, metrics: dict, note: str | None, gold
 
     return render(
         "model_card.md",
-        model_name=f"{ctx.recipe.run.name}-{subset['name']}",
+        model_name=f"{ctx.recipe.run.name}-{name or subset['name']}",
         base_model=base,
         base_model_is_hub=is_hub_id(base),
         hub_datasets=[d["path"] for d in datasets_used if is_hub_id(d["path"])],
@@ -615,19 +637,32 @@ def _card(ctx: StageContext, subset: dict, metrics: dict, note: str | None, gold
         training=_training_parameters(config),
         seed=metrics.get("seed"),
         description=ctx.recipe.run.description,
+        **({"grid": grid} if grid else {}),
     )
 
 
-def _subset_key(ctx: StageContext, name: str) -> str:
+#: keys that say which students to train, not how to train one: they stay out of a student's cache key
+_PLAN_KEYS = ("output_dir", "logging_dir", "subsets", "seeds", "baseline", "seed", "estimate_rows_per_second")
+
+
+def _student_key(ctx: StageContext, student: "Student") -> str:
+    """Hash of what determines one student: its subset, its seed, how it is trained, its inputs.
+    Which other students the grid has does not enter, so adding a seed or a subset retrains none
+    of the existing students."""
     from .config import to_dict
 
-    config = {k: v for k, v in to_dict(ctx.config).items() if k not in ("output_dir", "logging_dir", "subsets")}
-    upstream = {s: (ctx.run.manifest(s) or {}).get("run_id") for s in ("source", "translate-source", "select")}
-    return stable_hash({"subset": name, "config": config, "task": ctx.task.name, "seed": ctx.seed,
+    config = {k: v for k, v in to_dict(ctx.config).items() if k not in _PLAN_KEYS}
+    stages = ("source", "translate-source") + (() if student.is_baseline else ("select",))
+    upstream = {s: (ctx.run.manifest(s) or {}).get("run_id") for s in stages}
+    return stable_hash({"subset": student.subset, "seed": student.seed, "config": config, "task": ctx.task.name,
                         "inputs": upstream})
 
 
-def run(ctx: StageContext) -> StageResult:
+def _prepare(ctx: StageContext):
+    """(gold train, gold dev, gold description, subsets by name, students): everything checked
+    before the first student trains."""
+    from .grid import plan
+
     config = ctx.config
     task = ctx.task
     gold_train, gold_dev, gold_desc = _gold_data(ctx)
@@ -645,46 +680,183 @@ def run(ctx: StageContext) -> StageResult:
         schema.require_columns(data, needed, f"distill (select subset '{name}')")
         if config.label_mode != "prompt":
             _soft_labels(data, task, f"distill (select subset '{name}')")
+    return gold_train, gold_dev, gold_desc, subsets, plan(names, config, ctx.seed)
 
+
+def _train(ctx: StageContext, student: "Student", gold_train, gold_dev, synthetic) -> tuple[Path, dict, bool]:
+    """(folder, training metrics, trained now) of one student: from the cache when it finished
+    before (in this process or another), else trained now. The folder appears complete or not at
+    all (saved aside, then renamed), so processes sharing the run directory never see half a model."""
+    import dataclasses
+
+    key = _student_key(ctx, student)
+    work = ctx.cache_dir / student.name / key
+    student_dir = work / "student"
+    if (work / _DONE).is_file():
+        logger.info("distill: student '%s' already trained (cache), reused", student.name)
+        return student_dir, json.loads((work / _DONE).read_text(encoding="utf-8")), False
+    previous = ctx.run.stage_dir(ctx.stage) / STUDENTS / student.name
+    saved = json.loads((previous / METRICS_JSON).read_text(encoding="utf-8")) \
+        if (previous / METRICS_JSON).is_file() else {}
+    if saved.get(CACHE_KEY) == key:
+        # the last finished stage has this very student (a grid that grew by a seed or a subset):
+        # linked, not copied, and not moved, so that stage's folder stays whole until it is replaced
+        logger.info("distill: student '%s' unchanged since the last run, reused", student.name)
+        aside = work / f".student.tmp-{os.getpid()}"
+        shutil.rmtree(aside, ignore_errors=True)
+        shutil.copytree(previous, aside, copy_function=_link_or_copy)
+        shutil.rmtree(student_dir, ignore_errors=True)
+        os.replace(aside, student_dir)
+        trained = {k: v for k, v in saved.items() if k not in _EVALUATED}
+        write_json_atomic(work / _DONE, trained)
+        return student_dir, trained, False
+    logger.info("distill: training student '%s' (seed %d) on %d gold + %d synthetic rows", student.name,
+                student.seed, len(gold_train), len(synthetic) if synthetic is not None else 0)
+    args = dataclasses.replace(ctx.config, output_dir=str(work / "checkpoints"), logging_dir=str(work / "logs"),
+                               seed=student.seed)
+    result = distill(gold_train, synthetic, args, ctx.task, dev=gold_dev, seed=student.seed)
+    aside = work / f".student.tmp-{os.getpid()}"
+    shutil.rmtree(aside, ignore_errors=True)
+    result.save(aside)
+    if not (work / _DONE).is_file():  # else another process (a rank of accelerate launch) finished it first
+        shutil.rmtree(student_dir, ignore_errors=True)  # a killed attempt's leftovers (no done.json)
+    try:
+        os.replace(aside, student_dir)
+    except OSError:  # the same student, saved by another process a moment ago: the same weights
+        shutil.rmtree(aside, ignore_errors=True)
+    write_json_atomic(work / _DONE, result.metrics)
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)  # the best is saved; free the disk
+    return student_dir, result.metrics, True
+
+
+def _link_or_copy(source: str, target: str) -> str:
+    """A hard link (same file system: no second copy of the weights), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Through a new file: ``path`` may be a hard link into the previous stage folder."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def train_shard(run, index: int, count: int) -> str:
+    """``hfaug distill --shard i/n``: train the i-th of n shares of the grid's students into the
+    run's cache, and nothing else (no stage folder, no manifest). Shards run as separate processes
+    (one per GPU) on the same run directory: they train disjoint students, each into its own cache
+    folder. A final ``hfaug distill`` (or ``hfaug run``) collects every student and aggregates."""
+    from tqdm.auto import tqdm
+
+    from .grid import shard
+
+    ctx = StageContext(run=run, stage="distill", config=run.recipe.sections["distill"],
+                       out_dir=run.root / f".distill.shard-{index}-of-{count}")  # never written
+    gold_train, gold_dev, _, subsets, students = _prepare(ctx)
+    mine = shard(students, index, count)
+    trained = 0
+    for student in tqdm(mine, desc=f"distill shard {index}/{count}", unit="student"):
+        synthetic = subsets[student.subset] if student.subset else None
+        trained += _train(ctx, student, gold_train, gold_dev, synthetic)[2]
+    return (f"distill shard {index}/{count}: {len(mine)} of {len(students)} students "
+            f"({trained} trained, {len(mine) - trained} already in the cache) in {run.root / 'cache' / 'distill'}\n"
+            f"next: when every shard has finished, `hfaug distill --config {run.recipe.ref}` (or `hfaug run`) "
+            "collects the students and aggregates the results")
+
+
+def _records(student: "Student", info: dict, metrics: dict, setting: str) -> list[dict]:
+    """The student's rows of the results: one per test set of its language (the baseline: every
+    test set); without test sets, one on the source dev set."""
+    from .grid import BASELINE
+
+    strategy = BASELINE if student.is_baseline else str(info.get("strategy") or "")
+    try:
+        from .select import canonical_strategy
+
+        strategy = canonical_strategy(strategy) if strategy != BASELINE else strategy
+    except HfaugError:
+        pass  # a subset of several strategies, or a name hfaug did not write: kept as it is
+    langs = {x.strip() for x in str(info.get("lang") or "").split(",") if x.strip()}
+    base = {"student": student.name, "setting": setting, "strategy": strategy,
+            "budget": None if student.is_baseline else info.get("budget_per_class"), "seed": student.seed}
+    test = metrics.get("test") or {}
+    if not test:
+        return [{**base, "lang": "dev", "accuracy": metrics.get("dev_accuracy"), "macro_f1": None}]
+    return [{**base, "lang": key, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+            for key, m in test.items() if student.is_baseline or key.split(":")[0] in langs]
+
+
+def _default_budget(ctx: StageContext) -> int | None:
+    budgets = getattr(ctx.recipe.sections.get("select"), "budgets", None) or []
+    return int(budgets[0]) if budgets else None
+
+
+def run(ctx: StageContext) -> StageResult:
+    from tqdm.auto import tqdm
+
+    from . import results as R
+
+    config = ctx.config
+    task = ctx.task
+    gold_train, gold_dev, gold_desc, subsets, students = _prepare(ctx)
     test_sets = _load_test_sets(ctx)  # read before training: a bad test set fails fast
-    seed = config.seed if config.seed is not None else ctx.seed
+    setting = str(getattr(ctx.recipe.run, "setting", "") or "")
     finished: dict[str, Path] = {}
     metrics: dict[str, Any] = {}
+    saved: dict[str, dict] = {}
+    infos: dict[str, dict] = {}
+    records: list[dict] = []
+    predictions: dict[tuple[str, str], list[int]] = {}
     dropped: Counter = Counter()
-    for name, synthetic in subsets.items():
-        work = ctx.cache_dir / name / _subset_key(ctx, name)
-        student_dir = work / "student"
-        if (work / _DONE).is_file():
-            logger.info("distill: student '%s' already trained (cache), reused", name)
-            student_metrics = json.loads((work / _DONE).read_text(encoding="utf-8"))
-        else:
-            import dataclasses
-
-            logger.info("distill: training student '%s' on %d gold + %d synthetic rows", name, len(gold_train),
-                        len(synthetic))
-            args = dataclasses.replace(config, output_dir=str(work / "checkpoints"), logging_dir=str(work / "logs"))
-            result = distill(gold_train, synthetic, args, task, dev=gold_dev, seed=seed)
-            if student_dir.is_dir():
-                shutil.rmtree(student_dir)
-            result.save(student_dir)
-            student_metrics = result.metrics
-            write_json_atomic(work / _DONE, student_metrics)
-            shutil.rmtree(work / "checkpoints", ignore_errors=True)  # the best is saved; free the disk
+    trained = 0
+    for student in tqdm(students, desc="distill", unit="student", disable=len(students) < 2):
+        synthetic = subsets[student.subset] if student.subset else None
+        student_dir, student_metrics, fresh = _train(ctx, student, gold_train, gold_dev, synthetic)
+        trained += fresh
         for key, value in student_metrics.get("dropped", {}).items():
-            dropped[f"{name}.{key}"] += value
+            dropped[f"{student.name}.{key}"] += value
         test = _evaluate(ctx, student_dir, test_sets)
+        for key, m in test.items():
+            predictions[(student.name, key)] = m.pop("predictions")
         note = None if test else "no evaluate section in the recipe: dev metrics only"
-        student_metrics = {**student_metrics, "test": test}
+        student_metrics = {**student_metrics, "test": test, CACHE_KEY: _student_key(ctx, student)}
         if note:
             student_metrics["note"] = note
-        info = _subset_info(name, synthetic, task)
+        if student.subset:
+            info = _subset_info(student.subset, synthetic, task)
+        else:
+            info = {"name": BASELINE_NAME, "rows": 0, "lang": None, "strategy": BASELINE_NAME, "budget_per_class": None}
         student_metrics["subset"] = info
-        write_json_atomic(student_dir / METRICS_JSON, student_metrics)
-        (student_dir / "README.md").write_text(_card(ctx, info, student_metrics, note, gold_desc), encoding="utf-8")
-        finished[name] = student_dir
-        metrics[name] = {"dev_accuracy": student_metrics["dev_accuracy"], "best_epoch": student_metrics["best_epoch"],
-                         **({"test": {key: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
-                                      for key, m in test.items()}} if test else {})}
+        records += _records(student, info, student_metrics, setting)
+        saved[student.name], infos[student.name], finished[student.name] = student_metrics, info, student_dir
+        metrics[student.name] = {"dev_accuracy": student_metrics["dev_accuracy"],
+                                 "best_epoch": student_metrics["best_epoch"],
+                                 **({"test": {key: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+                                              for key, m in test.items()}} if test else {})}
+
+    # the grid's results: aggregated over seeds, compared, drawn
+    rows = R.aggregate(records, predictions=predictions,
+                       gold={key: list(schema.label_ids(data, task, f"test set {key}")) for key, data in test_sets.items()},
+                       seed=ctx.seed)
+    out = R.write(rows, ctx.out_dir / RESULTS, default_budget=_default_budget(ctx),
+                  title=f"Results of {ctx.recipe.run.name} ({task.name})")
+    figures = [out["budgets"], out["strategies"]]
+    is_grid = len(students) > 1  # a lone student's card has nothing to compare it with
+    for name, student_dir in finished.items():
+        if is_grid:
+            (student_dir / "figures").mkdir(exist_ok=True)
+            for figure in figures:  # a model repo shows only images it holds
+                (student_dir / "figures" / figure.name).unlink(missing_ok=True)  # maybe a link: never write through
+                shutil.copy2(figure, student_dir / "figures" / figure.name)
+        write_json_atomic(student_dir / METRICS_JSON, saved[name])
+        grid = {"figures": [f"figures/{f.name}" for f in figures], "students": len(students),
+                "seed": saved[name].get("seed"), "table": R.markdown(rows)} if is_grid else None
+        _write_text(student_dir / "README.md",
+                    _card(ctx, infos[name], saved[name], saved[name].get("note"), gold_desc, grid=grid, name=name))
 
     # moved only once every student is trained, so a killed stage keeps them all in the cache
     for name, student_dir in finished.items():
@@ -692,6 +864,12 @@ def run(ctx: StageContext) -> StageResult:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(student_dir), str(target))
         shutil.rmtree(student_dir.parent, ignore_errors=True)
-    hints = [f"students: {ctx.run.root / ctx.stage / STUDENTS}/<subset>/ (model, tokenizer, README.md, metrics.json)"]
-    return StageResult(dropped=dropped, rows_in=len(gold_train) + sum(len(d) for d in subsets.values()),
-                       metrics=metrics, extra={"next": hints, "students": sorted(finished)})
+    final = ctx.run.root / ctx.stage
+    hints = [f"students: {final / STUDENTS}/<name>/ (model, tokenizer, README.md, metrics.json)",
+             f"results: {final / RESULTS / 'results.md'} (dataset: {final / RESULTS_DATASET})",
+             f"figures: {final / RESULTS / 'figures' / R.FIGURE_BUDGETS}, {final / RESULTS / 'figures' / R.FIGURE_STRATEGIES}"]
+    return StageResult(datasets={RESULTS_DATASET: R.to_dataset(rows)}, dropped=dropped,
+                       rows_in=len(gold_train) + sum(len(d) for d in subsets.values()),
+                       metrics=metrics, extra={"next": hints, "students": sorted(finished),
+                                               "trained": trained, "reused": len(students) - trained,
+                                               "figures": [str(final / RESULTS / "figures" / f.name) for f in figures]})

@@ -173,4 +173,7 @@ def run(ctx: StageContext) -> StageResult:
                for model, per_set in results.items()}
     return StageResult(dropped=dropped, rows_in=sum(len(d) for d in test_sets.values()) + sum(dropped.values()),
                        metrics=metrics,
-                       extra={"next": [f"results: {ctx.run.stage_dir(ctx.stage) / 'metrics.md'}"]})
+                       extra={"next": [f"results: {ctx.run.stage_dir(ctx.stage) / 'metrics.md'}"],
+                              # each test set's label counts: the chance level of the health checks
+                              "labels": {key: dict(Counter(task.labels[i] for i in data["label"]))
+                                         for key, data in test_sets.items()}})

@@ -184,13 +184,17 @@ def export(student: str | Path, out_dir: str | Path, config: ExportConfig | None
     if config.quantize:
         variants["int8"] = quantize_onnx(variants["fp32"], out_dir / INT8_DIR / name, config.quantization,
                                          config.per_channel)
-    figures, failures = {}, []
+    figures, failures, failed = {}, [], {}
     for variant, folder in variants.items():
         clf = OnnxClassifier(folder, max_length=config.max_length, batch_size=config.batch_size)
         if clf.labels != labels:
             raise HfaugError(f"export: {variant} model of '{name}' has labels {clf.labels}, the student {labels}")
-        figures[variant] = parity(reference, clf.predict_proba(texts, pairs))
-        failures += gate_failures(variant, figures[variant], config)
+        probs = clf.predict_proba(texts, pairs)
+        figures[variant] = parity(reference, probs)
+        variant_failures = gate_failures(variant, figures[variant], config)
+        failures += variant_failures
+        if variant_failures:
+            failed[variant] = _flip_margin(reference, probs)
         logger.info("export %s %s: agreement %.2f%%, max prob diff %.2g on %d rows", name, variant,
                     100 * figures[variant]["agreement"], figures[variant]["max_prob_diff"], len(texts))
     for variant, folder in variants.items():
@@ -198,9 +202,53 @@ def export(student: str | Path, out_dir: str | Path, config: ExportConfig | None
                    rows_from=rows_from, passed=not failures)
     if failures:
         raise ParityError(f"export: student '{name}' fails the parity gate on {len(texts)} {rows_from}: "
-                          + "; ".join(failures) + ". Train the student longer, set export.per_channel: true, "
-                          "or export.quantize: false")
+                          + "; ".join(failures) + ". " + gate_hint(failed, figures, config))
     return figures
+
+
+def _flip_margin(reference: "np.ndarray", probs: "np.ndarray") -> float | None:
+    """Median gap between the student's top two probabilities on the rows whose label flips."""
+    import numpy as np
+
+    flips = reference.argmax(-1) != probs.argmax(-1)
+    if not flips.any():
+        return None
+    top2 = np.sort(reference[flips], axis=-1)[:, -2:]
+    return float(np.median(top2[:, 1] - top2[:, 0]))
+
+
+def gate_hint(failed: dict[str, float | None], figures: dict, config: ExportConfig) -> str:
+    """Only the fixes that can help the variants that failed (``failed``: variant -> median top-2
+    gap of the student on its flipped rows). Quantisation settings cannot fix an fp32 failure; a
+    setting already in place is not suggested again; and rows the student scores as near-ties
+    (a gap within twice int8's largest probability shift) flip on any rounding, which finer
+    per-channel scales do not change, while a better-trained student does."""
+    hints = []
+    if "fp32" in failed:
+        # the traced graph itself differs: quantisation is not involved
+        hints.append("fp32: the ONNX graph differs from PyTorch; try another export.opset (now "
+                     f"{config.opset or 'Optimum default'})")
+        if config.max_prob_diff < figures["fp32"]["max_prob_diff"] < 1e-2:
+            hints.append(f"raise export.max_prob_diff (now {config.max_prob_diff:g}) if "
+                         f"{figures['fp32']['max_prob_diff']:.2g} is acceptable float noise")
+    if "int8" in failed:
+        int8 = figures["int8"]
+        margin = failed["int8"]
+        near_ties = margin is not None and margin <= 2 * int8["max_prob_diff"]
+        fixes = []
+        if int8["agreement"] < config.min_agreement and near_ties:
+            fixes.append(f"train the student longer (distill.num_train_epochs): the flipped rows are near-ties for "
+                         f"it (median top-2 gap {margin:.2g}, within int8's largest probability shift "
+                         f"{int8['max_prob_diff']:.2g})")
+            fixes.append(f"export.min_agreement {int8['agreement']:.3f} to accept those")
+        elif not config.per_channel:
+            fixes.append("export.per_channel: true (finer weight scales)")
+        if config.int8_max_prob_diff is not None and int8["max_prob_diff"] > config.int8_max_prob_diff:
+            fixes.append(f"raise or unset export.int8_max_prob_diff (int8 moved a probability by "
+                         f"{int8['max_prob_diff']:.2g})")
+        fixes.append("export.quantize: false (serve the fp32 model only)")
+        hints.append("int8: " + ", or ".join(fixes))
+    return "; ".join(hints)
 
 
 # ---------------------------------------------------------------------------------------------

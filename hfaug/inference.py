@@ -178,19 +178,24 @@ def predict_proba_distributed(classifier, texts: list[str], pairs: list[str] | N
     return out
 
 
-def score(classifier, dataset: "datasets.Dataset", task: "Task") -> dict[str, Any]:
-    """Accuracy and macro-F1 of ``classifier`` on a labelled dataset (contract columns)."""
+def score(classifier, dataset: "datasets.Dataset", task: "Task", *,
+          with_predictions: bool = False) -> dict[str, Any]:
+    """Accuracy and macro-F1 of ``classifier`` on a labelled dataset (contract columns); with
+    ``with_predictions`` also ``predictions``, the predicted label id of every row (for paired
+    comparisons of two models on the same rows)."""
     import numpy as np
     from sklearn.metrics import accuracy_score, f1_score
 
     texts, pairs = task_inputs(dataset, task)
     gold = np.asarray(list(dataset["label"]))
     if len(gold) == 0:
-        return {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 0}
+        return {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 0,
+                **({"predictions": []} if with_predictions else {})}
     probs = reorder_to_task(classifier.predict_proba(texts, pairs), classifier.labels, task)
     pred = probs.argmax(axis=1)
     return {
         "accuracy": float(accuracy_score(gold, pred)),
         "macro_f1": float(f1_score(gold, pred, average="macro")),
         "n": int(len(gold)),
+        **({"predictions": pred.astype(int).tolist()} if with_predictions else {}),
     }

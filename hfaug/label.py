@@ -3,7 +3,7 @@
 Input columns: text (or premise + hypothesis); every other column is kept.
 Output columns: soft_label (teacher probabilities, in the task's label order), label (argmax),
 confidence (max of soft_label); with ``dynamics: true`` also checkpoint_probs ([epoch][label],
-one vector per saved epoch checkpoint), variability and mean_confidence (PAPER.md, Selection):
+one vector per saved epoch checkpoint), variability and mean_confidence (arXiv 2407.10582, "Selection"):
 
     variability     = max over labels of the std over epochs of P[row, epoch, label]
     mean_confidence = max over labels of the mean over epochs of P[row, epoch, label]
@@ -192,7 +192,7 @@ def label(dataset: "datasets.Dataset", config: LabelConfig, task: "Task", *, tea
                      for path in models.checkpoints]
         stacked = (np.stack(per_epoch, axis=1) if per_epoch
                    else np.zeros((len(texts), 0, task.num_labels), np.float32))
-        # PAPER.md: variability = max over labels of the std over epochs, confidence = max of the mean
+        # the paper: variability = max over labels of the std over epochs, confidence = max of the mean
         stats = dynamics(stacked)
         columns[schema.CHECKPOINT_PROBS] = stacked.tolist()
         columns[schema.VARIABILITY] = stats.variability.astype("float32").tolist()

@@ -8,13 +8,14 @@ a folder all work the same way.
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import schema
 from .config import resolve
-from .errors import HfaugError
+from .errors import HfaugError, storage_problem
 
 if TYPE_CHECKING:
     import datasets
@@ -40,19 +41,39 @@ class DataSpec:
     limit: int | None = field(default=None, metadata={"help": "Keep at most this many rows (after shuffling)."})
 
 
-def read_table(spec: DataSpec) -> "datasets.Dataset":
-    """Read the raw rows of ``spec`` with datasets.load_dataset (Hub id or local files)."""
-    import datasets
+def read_table(spec: DataSpec, where: str = "source") -> "datasets.Dataset":
+    """Read the raw rows of ``spec`` with datasets.load_dataset (Hub id or local files).
 
+    A mistake in a local file is one line naming the file and where in it: missing (never sent
+    to the Hub when the reference looks like a path), empty, a corrupt jsonl line, bytes that
+    are not UTF-8.
+    """
     path = resolve(spec.path)
     local = Path(path)
+    if not local.exists() and looks_like_path(spec.path):  # before any Hub lookup, and at once
+        raise HfaugError(f"{where}: data file '{spec.path}' not found (looked for {local.absolute()}); "
+                         f"fix {where}.path")
+    import datasets
+
     try:
         if local.is_file():
             builder = LOCAL_BUILDERS.get(local.suffix.lower())
             if builder is None:
                 raise HfaugError(f"{spec.path}: unsupported file type '{local.suffix}'; use one of {sorted(LOCAL_BUILDERS)}")
+            if builder != "parquet":
+                check_text_file(local, where)
             kwargs = {"delimiter": "\t"} if local.suffix.lower() == ".tsv" else {}
-            return datasets.load_dataset(builder, data_files={"data": str(local)}, split="data", **kwargs)
+            try:
+                with _quiet_readers():
+                    table = datasets.load_dataset(builder, data_files={"data": str(local)}, split="data", **kwargs)
+            except Exception as e:  # name the line or byte the reader choked on, else the reader's words
+                if isinstance(e, HfaugError) or storage_problem(e) is not None:
+                    raise  # a full disk while datasets writes its cache is the CLI's one line
+                raise HfaugError(_local_file_problem(local, builder, where) or
+                                 f"{where}: cannot read '{spec.path}': {_first_line(e)}") from None
+            if len(table) == 0:
+                raise HfaugError(f"{where}: data file '{spec.path}' has no rows; point {where}.path at labelled data")
+            return table
         if local.is_dir():
             return datasets.load_dataset(str(local), spec.name, split=spec.split)
         return datasets.load_dataset(path, spec.name, split=spec.split, revision=spec.revision)
@@ -60,6 +81,109 @@ def read_table(spec: DataSpec) -> "datasets.Dataset":
         raise
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
         raise HfaugError(f"cannot load data '{spec.path}' (split '{spec.split}'): {str(e).splitlines()[0]}") from None
+
+
+#: what a local data file's name ends with (a Hub dataset id never does)
+DATA_SUFFIXES = (*LOCAL_BUILDERS, ".txt", ".arrow", ".gz", ".zip")
+
+
+def looks_like_path(ref: str) -> bool:
+    """A reference that can only mean a local file: it starts like a path (/, ./, ../, ~), has a
+    backslash or more than one slash, or ends with a data-file suffix. ``user/name`` and ``name``
+    stay Hub ids."""
+    ref = str(ref)
+    if ref.startswith(("/", "./", "../", "~", ".\\")) or "\\" in ref or ref.count("/") > 1:
+        return True
+    return ref.lower().endswith(DATA_SUFFIXES)
+
+
+def check_text_file(path: Path, where: str) -> None:
+    """Empty files and bytes that are not UTF-8 fail here, before a reader says something obscure
+    about them (pyarrow's json reader even lets bad bytes through, to fail later on a row)."""
+    size = path.stat().st_size
+    if size == 0 or (size < 4096 and not path.read_bytes().strip()):
+        raise HfaugError(f"{where}: data file '{path}' is empty; point {where}.path at labelled data")
+    bad = first_non_utf8(path)
+    if bad is not None:
+        offset, byte = bad
+        raise HfaugError(f"{where}: '{path}' is not UTF-8 text (byte 0x{byte:02x} at byte offset {offset}); "
+                         f"save it as UTF-8")
+
+
+@contextmanager
+def _quiet_readers():
+    """datasets logs a reader's failure at ERROR before raising it; the raise is reported (as one
+    line) by the caller, so the log line would only say it twice, with a traceback's words."""
+    import logging
+
+    log = logging.getLogger("datasets.packaged_modules")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _local_file_problem(path: Path, builder: str, where: str) -> str | None:
+    """Why a csv/json/jsonl file did not load, as one line, when it is one of the usual mistakes."""
+    if builder == "csv" and sum(1 for line in path.open(encoding="utf-8") if line.strip()) <= 1:
+        return f"{where}: data file '{path}' has a header but no rows; point {where}.path at labelled data"
+    if builder == "json":
+        line = first_bad_json_line(path)
+        if line is not None:
+            number, message = line
+            return f"{where}: '{path}' line {number} is not valid JSON ({message}); fix or remove that line"
+    return None
+
+
+def first_non_utf8(path: Path, chunk: int = 1 << 20) -> tuple[int, int] | None:
+    """(byte offset, byte) of the first byte that is not UTF-8, or None."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(chunk)
+            pending = len(decoder.getstate()[0])  # bytes of a character split across two chunks
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                return offset - pending + e.start, e.object[e.start]
+            if not data:
+                return None
+            offset += len(data)
+
+
+def first_bad_json_line(path: Path) -> tuple[int, str] | None:
+    """(line number, error) of the first jsonl line that is not a JSON object, or None (also for a
+    .json file holding one whole document)."""
+    import json
+
+    text = path.read_text(encoding="utf-8")
+    try:
+        json.loads(text)
+        return None  # one JSON document (a list of rows): not a jsonl problem
+    except ValueError:
+        pass
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as e:
+            return number, getattr(e, "msg", str(e))
+        if not isinstance(value, dict):
+            return number, f"a {type(value).__name__}, not an object"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    node: BaseException | None = e
+    while node.__cause__ is not None:  # datasets wraps the reader's error in DatasetGenerationError
+        node = node.__cause__
+    return (str(node).strip().splitlines() or [type(node).__name__])[0]
 
 
 def load_labelled(spec: DataSpec, task: "Task", *, seed: int = 42, origin: str = schema.ORIGIN_SOURCE,
@@ -71,7 +195,7 @@ def load_labelled(spec: DataSpec, task: "Task", *, seed: int = 42, origin: str =
     """
     import datasets
 
-    raw = read_table(spec)
+    raw = read_table(spec, where)
     rename = {k: v for k, v in spec.columns.items() if k in raw.column_names and k != v}
     if rename:
         raw = raw.rename_columns(rename)
@@ -103,7 +227,7 @@ def load_labelled(spec: DataSpec, task: "Task", *, seed: int = 42, origin: str =
     for row in raw:
         texts = [(row[c] or "").strip() if isinstance(row[c], str) or row[c] is None else str(row[c])
                  for c in task.text_columns]
-        if any(not t for t in texts):
+        if any(schema.is_blank(t) for t in texts):  # also texts of zero-width spaces only
             dropped["empty_text"] += 1
             continue
         try:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import health
 from .config import Recipe, import_entry, to_dict
 from .errors import HfaugError, did_you_mean
 from .runs import Run, execute
@@ -85,17 +86,38 @@ def _enabled(recipe: Recipe, stage: Stage) -> bool:
     return bool(getattr(config, flag, True)) if flag else True
 
 
-def run_stage(run: Run, name: str, *, force: bool = False) -> tuple[dict, bool]:
-    """Run one stage of ``run`` (its inputs must have run); returns (manifest, skipped)."""
+def run_stage(run: Run, name: str, *, force: bool = False, wait: bool = False) -> tuple[dict, bool]:
+    """Run one stage of ``run`` (its inputs must have run); returns (manifest, skipped).
+
+    Holds the run directory's lock: another run working there is a user error naming its pid,
+    or, with ``wait``, waited for."""
+    with run.lock(wait=wait):
+        return _run_stage(run, name, force=force)
+
+
+def _run_stage(run: Run, name: str, *, force: bool = False) -> tuple[dict, bool]:
     stage = get_stage(name)
     recipe = run.recipe
     if not recipe.has(stage.section):
         raise HfaugError(f"the recipe has no '{stage.section}' section, which stage '{name}' needs")
-    inputs = [i for i in stage.inputs if i in {s.name for s in planned(recipe)}]
+    inputs = stage_inputs(recipe, stage)
     for dep in inputs:
         run.require(dep)
-    return execute(run, name, stage_function(stage), recipe.sections[stage.section], inputs,
-                   force=force, reads=stage_reads(recipe, stage))
+    manifest, skipped = execute(run, name, stage_function(stage), recipe.sections[stage.section], inputs,
+                                force=force, reads=stage_reads(recipe, stage))
+    health.enforce(run, name, manifest)  # warns, or stops the run after a stage that finished broken
+    return manifest, skipped
+
+
+def stage_inputs(recipe: Recipe, stage: Stage) -> list[str]:
+    """The earlier stages ``stage`` reads in this recipe: they must have run, and their run ids
+    enter its hash. Zero-shot generation reads no source rows (only few-shot examples and adapt
+    do, and adapt reads the source itself), so it runs before, or without, the source stage."""
+    names = {s.name for s in planned(recipe)}
+    inputs = [i for i in stage.inputs if i in names]
+    if stage.name == "generate" and not getattr(recipe.sections[stage.section], "few_shot", 0):
+        inputs = [i for i in inputs if i != "source"]
+    return inputs
 
 
 def stage_reads(recipe: Recipe, stage: Stage) -> dict:
@@ -110,12 +132,20 @@ def stage_reads(recipe: Recipe, stage: Stage) -> dict:
     return reads
 
 
-def run_pipeline(recipe: Recipe, *, force: str | None = None, root: str | Path | None = None) -> Run:
+def run_pipeline(recipe: Recipe, *, force: str | None = None, root: str | Path | None = None,
+                 wait: bool = False) -> Run:
     """Run every stage of the recipe in order, skipping the unchanged ones.
 
-    ``force`` names a stage to rerun together with everything after it.
+    ``force`` names a stage to rerun together with everything after it. The run directory is
+    locked for the whole run (``wait``: wait for another run holding it instead of failing).
     """
     run = Run(recipe, root)
+    with run.lock(wait=wait):
+        _run_all(run, recipe, force)
+    return run
+
+
+def _run_all(run: Run, recipe: Recipe, force: str | None) -> None:
     run.save_recipe()
     stages = planned(recipe)
     if force is not None:
@@ -128,25 +158,31 @@ def run_pipeline(recipe: Recipe, *, force: str | None = None, root: str | Path |
         start = time.perf_counter()
         manifest, skipped = run_stage(run, stage.name, force=forcing)
         run.report.append((stage.name, "skipped" if skipped else "ran", manifest, time.perf_counter() - start))
-    return run
 
 
 def summary(run: Run, report: list | None = None) -> str:
     """A plain-text table of a run: stages, status, rows, drops, metrics and where things are."""
     report = report if report is not None else run.report
     lines = [f"hfaug run '{run.recipe.run.name}' ({run.recipe.run.task}) in {run.root}", ""]
-    header = f"{'stage':<17} {'status':<8} {'rows in':>8} {'rows out':<34} {'dropped':<30} {'time':>7}"
-    lines += [header, "-" * len(header)]
+    # `dropped` is the last column and never cut: every dropped row is counted by reason, and the
+    # reasons are what a user reads the table for
+    header = f"{'stage':<17} {'status':<8} {'rows in':>8} {'rows out':<34} {'time':>7}  dropped"
+    lines += [header, "-" * (len(header) + 23)]
     for name, status, manifest, _ in report:
         rows_out = ", ".join(f"{k}={v}" for k, v in (manifest.get("rows_out") or {}).items()) or "-"
         dropped = ", ".join(f"{k}={v}" for k, v in (manifest.get("dropped") or {}).items()) or "-"
         rows_in = manifest.get("rows_in")
         lines.append(f"{name:<17} {status:<8} {rows_in if rows_in is not None else '-':>8} "
-                     f"{_clip(rows_out, 34):<34} {_clip(dropped, 30):<30} {manifest.get('wall_time_s', 0):>6.1f}s")
+                     f"{_clip(rows_out, 34):<34} {manifest.get('wall_time_s', 0):>6.1f}s  {dropped}")
     for name, _, manifest, _ in report:
         for line in _metric_lines(manifest.get("metrics") or {}):
             lines.append(f"  {name}: {line}")
     lines += ["", f"outputs: {run.root}/<stage>/ (manifest.json in each)"]
+    if run.recipe.run.health != "off":
+        problems = [p for name, _, m, _ in report for p in health.findings(run, name, m)]
+        if problems:
+            lines += ["", "health (see the log for each; recipe key health: warn|stop|off):"]
+            lines += [f"  {p}" for p in problems]
     hints = [h for _, _, m, _ in report for h in (m.get("extra") or {}).get("next", [])]
     if hints:
         lines += ["next:"] + [f"  {h}" for h in hints]

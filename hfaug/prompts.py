@@ -1,4 +1,4 @@
-"""The paper's prompts (PAPER.md "Generation") as package defaults, and the requests built from them.
+"""The paper's prompts (arXiv 2407.10582, "Generation") as package defaults, and the requests built from them.
 
 The generate stage sends these requests; the adapt stage trains the generator's LoRA adapter on
 the same instructions (:func:`instruction`), so the adapter learns to answer exactly what it is

@@ -423,8 +423,9 @@ def build_layout(ctx: StageContext, folder: Path, *, repo_id: str | None, tag: s
     files = write_data(configs, folder)
     figures = []
     select_dir = ctx.run.stage_dir("select") / "figures"
-    if select_dir.is_dir():
-        for png in sorted(select_dir.glob("*.png")):
+    grid_dir = ctx.run.stage_dir("distill") / "grid" / "figures"  # the experiment grid, when it has run
+    for source_dir in (select_dir, grid_dir):
+        for png in sorted(source_dir.glob("*.png")) if source_dir.is_dir() else ():
             (folder / "figures").mkdir(exist_ok=True)
             shutil.copy2(png, folder / "figures" / png.name)
             figures.append(f"figures/{png.name}")

@@ -1,4 +1,4 @@
-"""The column contract between stages (DESIGN.md): names, types, and which stage writes each.
+"""The column contract between stages: names, types, and which stage writes each.
 
 Every stage checks the columns it needs on entry with :func:`require_columns`, so a dataset from
 the wrong place fails with one line naming the missing column and the stage that writes it.
@@ -36,6 +36,15 @@ STRATEGY = "strategy"
 RANK = "rank"
 GEN_MODEL = "gen_model"
 GEN_PARAMS = "gen_params"
+
+#: characters that draw nothing: a text made only of these (and whitespace) is empty
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"
+
+
+def is_blank(text: str | None) -> bool:
+    """True for None, "" and texts of whitespace and invisible characters (zero-width space, BOM)."""
+    return not text or not text.strip().strip(INVISIBLE).strip()
+
 
 ORIGIN_SOURCE = "source"
 ORIGIN_SYNTHETIC = "synthetic"

@@ -36,7 +36,7 @@ before ranking (the authors skipped them while taking rows: the same choice when
 carry the same scores, as identical texts do). For NLI the
 paper embeds the premise (default); their ``diverseTopK.py`` embedded premise and hypothesis joined
 by a tab, which is ``embed_column: pair``. For amb-k/easy-k one version of their code groups rows
-by the best checkpoint's argmax (the teacher label, ``dynamics_class: label``); PAPER.md's form,
+by the best checkpoint's argmax (the teacher label, ``dynamics_class: label``); the paper's form,
 the final checkpoint's argmax, is the default.
 
 Shortfall: a class with fewer than k rows gives what it has. With ``shortfall: redistribute``
@@ -898,7 +898,21 @@ def run(ctx: StageContext) -> StageResult:
     final_dir = ctx.run.stage_dir(ctx.stage)
     extra: dict[str, Any] = {"next": [f"{len(datasets_out)} selected subsets in {final_dir}: "
                                       f"{', '.join(datasets_out)}"]}
+    for line in _shortfall_lines(metrics):  # on the console, not only in the manifest
+        logger.warning("select: %s", line)
+        extra["next"].append(line)
     if config.figures:
         extra["figures"] = sorted(p.name for p in figures_dir.glob("*.png"))
         extra["next"].append(f"data maps and histograms for the dataset card: {final_dir / 'figures'}")
     return StageResult(datasets=datasets_out, dropped=dropped, rows_in=rows_in, metrics=metrics, extra=extra)
+
+
+def _shortfall_lines(metrics: dict[str, Any]) -> list[str]:
+    """One line per subset whose budget is larger than what its pool had for some class."""
+    lines = []
+    for name, m in metrics.items():
+        if isinstance(m, dict) and m.get("short"):
+            missing = ", ".join(f"{label} {n}" for label, n in m["short"].items())
+            lines.append(f"{name}: the budget is larger than the pool; {m.get('rows', 0)} rows selected, short by "
+                         f"{missing} (lower select.budgets or generate more candidates)")
+    return lines

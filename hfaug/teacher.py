@@ -43,7 +43,7 @@ CHECKPOINTS = "checkpoints"
 
 @dataclass
 class TeacherConfig:
-    """How the teacher is trained. Defaults are the paper's (PAPER.md, Teacher and student)."""
+    """How the teacher is trained. Defaults are the paper's (arXiv 2407.10582, "Teacher and student")."""
 
     model: str = field(default="FacebookAI/xlm-roberta-large", metadata={
         "help": "Encoder to fine-tune: a Hub id, a local folder or hfaug://tiny/encoder."})

@@ -86,6 +86,12 @@ class TranslateConfig:
     source_lang: str = field(default="en", metadata={"help": "Language of the input rows (ISO code)."})
     source: bool = field(default=True, metadata={
         "help": "Also translate the source train/dev data (stage translate-source; the translated-teacher setting)."})
+    indic_toolkit: bool = field(default=True, metadata={
+        "help": "IndicTrans2: pre/post-process with IndicTransToolkit (pip install 'hfaug[indic]'): normalisation, "
+                "entity placeholders, script conversion back from Devanagari. false: language tags only."})
+    indictrans2_any_transformers: bool = field(default=False, metadata={
+        "help": "Run IndicTrans2 even under a transformers its model code does not support (only with a model "
+                "revision that carries the fix of AI4Bharat/IndicTrans2 PR #130)."})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "Run the model repo's own code (IndicTrans2 needs it). Only enable for repos you trust."})
     batch_size: int = field(default=16, metadata={"help": "Texts (or sentence chunks) per generate call."})
@@ -207,6 +213,8 @@ class Translator:
         if "indictrans" in name.lower() and not self.remote:
             raise HfaugError(f"translate: model '{name}' (IndicTrans2) runs its own code from the Hub; "
                              "set translate.trust_remote_code: true if you trust it")
+        if "indictrans" in name.lower():
+            check_indictrans2_runtime(name, config)  # before anything is downloaded
         if self.remote:
             logger.warning("translate: trust_remote_code is enabled: running code from the '%s' repository", name)
         self._load_tokenizer()
@@ -215,7 +223,14 @@ class Translator:
         self.codes = {lang.code: self._code(lang) for lang in languages}
         self.model = None
         self.device = None
-        self.indic = self._indic_processor() if self.family == "indictrans2" else None
+        self.last_error: str | None = None  # the last model failure, for the all-failed message
+        if self.family == "indictrans2":
+            check_indictrans2_runtime(name, config)
+        self.indic = self._indic_processor() if self.family == "indictrans2" and config.indic_toolkit else None
+        if self.family == "indictrans2" and config.indic_toolkit and self.indic is None:
+            raise HfaugError("translate: IndicTrans2 is pre- and post-processed with IndicTransToolkit, which is not "
+                             "installed: pip install 'hfaug[indic]' (or translate.indic_toolkit: false for language "
+                             "tags only)")
         if self.family == "indictrans2" and self.indic is None:
             # without IndicTransToolkit there is no transliteration back from the unified script
             bad = [c for c, code in self.codes.items() if code.split("_")[1] not in ("Deva", "Arab", "Latn")]
@@ -396,14 +411,23 @@ class Translator:
     # -- the model call -----------------------------------------------------------------------
 
     def prepare(self, texts: list[str], code: str) -> list[str]:
-        """Texts as the model reads them (language tags, Marian target tokens)."""
+        """Texts as the model reads them (language tags, Marian target tokens), leaving no state
+        behind: IndicTransToolkit's preprocessing queues one placeholder map per text for its
+        postprocessing to take in order, so a look (length counting) takes them back at once."""
         if self.family == "indictrans2":
             if self.indic is not None:
-                return self.indic.preprocess_batch(texts, src_lang=self.source_code, tgt_lang=code)
+                prepared = self.indic.preprocess_batch(texts, src_lang=self.source_code, tgt_lang=code)
+                self._release(len(prepared), code)
+                return prepared
             return [f"{self.source_code} {code} {t}" for t in texts]
         if self.family == "marian" and code:
             return [f"{code} {t}" for t in texts]
         return list(texts)
+
+    def _release(self, n: int, code: str) -> None:
+        """Take the placeholder maps of ``n`` preprocessed texts off the toolkit's queue unused."""
+        if n:
+            self.indic.postprocess_batch([""] * n, lang=code)
 
     def lengths(self, texts: list[str], code: str) -> list[int]:
         """Token length of each text as the model would see it."""
@@ -418,12 +442,31 @@ class Translator:
         The boundary with the model: everything around it (retries, bisection, cache) is hfaug's.
         Raises whatever the model raises; returns exactly one string per input.
         """
-        import torch
-
         if self.model is None:
             self.load_model()
+        toolkit = self.family == "indictrans2" and self.indic is not None
+        # with the toolkit, each batch is preprocessed and postprocessed exactly once, in order:
+        # its placeholder maps (numbers, e-mails, URLs) go back into this batch's own rows
+        inputs = (self.indic.preprocess_batch(texts, src_lang=self.source_code, tgt_lang=code) if toolkit
+                  else self.prepare(texts, code))
+        try:
+            decoded = self._run_model(texts, inputs, code)
+        except BaseException:
+            if toolkit:
+                self._release(len(inputs), code)  # the next batch must not get this one's maps
+            raise
+        if toolkit:
+            if len(decoded) != len(inputs):
+                self._release(len(inputs), code)
+                return decoded  # misaligned: refused by the caller, never postprocessed
+            decoded = self.indic.postprocess_batch(decoded, lang=code)
+        return [d.strip() for d in decoded]
+
+    def _run_model(self, texts: list[str], inputs: list[str], code: str) -> list[str]:
+        import torch
+
         cfg = self.config
-        enc = self.tokenizer(self.prepare(texts, code), return_tensors="pt", padding=True, truncation=True,
+        enc = self.tokenizer(inputs, return_tensors="pt", padding=True, truncation=True,
                              max_length=cfg.max_length).to(self.device)
         kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "num_beams": cfg.num_beams}
         if cfg.min_new_tokens:
@@ -445,9 +488,7 @@ class Translator:
                 decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=True)
         else:
             decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-        if self.family == "indictrans2" and self.indic is not None:
-            decoded = self.indic.postprocess_batch(decoded, lang=code)
-        return [d.strip() for d in decoded]
+        return list(decoded)
 
     def _forced_bos(self, code: str) -> int | None:
         if self.family == "nllb":
@@ -628,6 +669,7 @@ def _generate_robust(translator: Translator, texts: list[str], code: str, lang: 
             error = RuntimeError(f"model returned {len(outputs)} outputs for {len(texts)} inputs")
             continue
         return list(outputs)
+    translator.last_error = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
     if len(texts) == 1:
         logger.warning("translate %s: dropping a text that failed %d times (%s: %s)", lang,
                        translator.config.retries + 1, type(error).__name__, error)
@@ -681,6 +723,27 @@ def quality_issue(source: str, output: str | None, lang: Language, config: Trans
 
 # ---------------------------------------------------------------------------------------------
 # datasets
+
+
+#: the newest transformers IndicTrans2's own model code runs under (its maintainers pin 4.53.x)
+INDICTRANS2_MAX_TRANSFORMERS = (4, 53)
+
+
+def check_indictrans2_runtime(name: str, config: TranslateConfig) -> None:
+    """Refuse IndicTrans2 up front where its remote model code fails. Under transformers 4.54 and
+    later its generate() breaks on the encoder-decoder cache transformers now builds (AI4Bharat/
+    IndicTrans2 issue #128, unmerged fix PR #130): every batch would fail and be dropped."""
+    import transformers
+
+    version = tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
+    if version <= INDICTRANS2_MAX_TRANSFORMERS or config.indictrans2_any_transformers:
+        return
+    raise HfaugError(
+        f"translate: IndicTrans2 ('{name}') cannot run under transformers {transformers.__version__}: its model "
+        f"code fails at generate() after 4.53 (its maintainers pin transformers 4.53.x; AI4Bharat/IndicTrans2 "
+        f"issue #128, PR #130); translate these languages with NLLB (translate.models: "
+        f"{{<lang>: facebook/nllb-200-distilled-600M}}), or run translate in an environment with "
+        f"transformers==4.53.3")
 
 
 def open_translators(config: TranslateConfig, seed: int = 42) -> dict[str, Translator]:
@@ -738,6 +801,10 @@ def translate_datasets(parts: dict[str, "datasets.Dataset"], config: TranslateCo
             translated = dict(zip(texts, translate_texts(translator, texts, lang, cache=cache, stats=stats,
                                                          progress=progress)))
             seconds = time.perf_counter() - start
+            if stats["failed_segments"] and not stats["translated"] and not stats["cache_hits"]:
+                # every row failed: an empty dataset reported as success would hide a broken model
+                raise HfaugError(f"{stage} {lang.code}: all {stats['failed_segments']} texts failed in "
+                                 f"'{translator.name}' (last error: {translator.last_error}); nothing was written")
             rows = {}
             for name, ds in parts.items():
                 out, reasons = _translated_dataset(ds, translated, lang, task, config)
@@ -835,5 +902,5 @@ def run_source(ctx: StageContext) -> StageResult:
     return StageResult(datasets=datasets_out, dropped=dropped, rows_in=rows_in, metrics=metrics)
 
 
-__all__ = ["TranslateConfig", "Translator", "TranslationCache", "translate", "translate_datasets",
+__all__ = ["TranslateConfig", "Translator", "check_indictrans2_runtime", "TranslationCache", "translate", "translate_datasets",
            "translate_texts", "quality_issue", "has_loop", "split_sentences", "run", "run_source"]

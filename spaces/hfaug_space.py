@@ -294,11 +294,14 @@ def check_text(text: str | None, what: str, max_chars: int) -> str:
     import gradio as gr
 
     text = (text or "").strip()
+    # a refused input is the user's, not a bug: one log line, no traceback (print_exception=False)
     if not text:
-        raise gr.Error(f"The {what} is empty: please type a sentence.", title="Empty input")
+        logger.info("refused input: the %s is empty", what)
+        raise gr.Error(f"The {what} is empty: please type a sentence.", title="Empty input", print_exception=False)
     if len(text) > max_chars:
+        logger.info("refused input: the %s is %d characters long (limit %d)", what, len(text), max_chars)
         raise gr.Error(f"The {what} is {len(text)} characters long; the limit is {max_chars}. "
-                       "Please shorten it.", title="Input too long")
+                       "Please shorten it.", title="Input too long", print_exception=False)
     return text
 
 

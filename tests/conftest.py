@@ -116,6 +116,7 @@ def hub(tmp_path, monkeypatch):
     import datasets
     import huggingface_hub.constants as hf_constants
     import huggingface_hub.file_download
+    import huggingface_hub.utils
     from hub_server import HubServer
 
     server = HubServer().start()
@@ -137,8 +138,12 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
     monkeypatch.setattr(datasets.config, "USE_PARQUET_EXPORT", False)  # no datasets-server here
+    # a session made while offline (e.g. by an earlier test loading a model) carries the offline
+    # adapter for good: start from fresh ones, and leave fresh ones behind
+    huggingface_hub.utils.reset_sessions()
     yield server
     server.stop()
+    huggingface_hub.utils.reset_sessions()
 
 
 def pytest_runtest_setup(item):

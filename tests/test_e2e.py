@@ -60,7 +60,14 @@ def test_demo_runs_every_stage(demo_run):
     text = (run_dir / "evaluate" / "metrics.md").read_text()
     for student in load_recipe("demo").distill.subsets:
         assert student in text
-    assert (run_dir / "export" / "int8" / "hi-divk-10" / "model.onnx").is_file()
+    assert (run_dir / "export" / "int8" / "hi-divk-10-seed42" / "model.onnx").is_file()
+    # the experiment grid: 2 seeds x 2 budgets, its results table, and the figures the summary names
+    results = datasets.load_from_disk(str(run_dir / "distill" / "results"))
+    assert {(r["strategy"], r["budget"], r["n_seeds"]) for r in results if r["lang"] == "hi"} == {
+        ("source-only", None, 2), ("random", 5, 2), ("random", 10, 2), ("div-k", 5, 2), ("div-k", 10, 2)}
+    for figure in ("accuracy_vs_budget.png", "strategies.png"):
+        path = run_dir / "distill" / "grid" / "figures" / figure
+        assert str(path) in proc.stdout and path.stat().st_size > 1000
 
 
 def test_second_demo_run_skips_every_stage(demo_run):
@@ -84,6 +91,7 @@ def small_recipe(out: Path, **publish) -> dict:
     data["translate"].update(languages=["hi"], source=False)
     data["select"].update(strategies=["top-k", "div-k"], budgets=[4])
     data["distill"].update(subsets=["hi-topk-4"], num_train_epochs=2)
+    data["distill"].pop("seeds")  # one student, no grid
     data["publish"] = {"license": "cc-by-4.0", "models": False, **publish}
     for section in ("export", "evaluate"):
         data.pop(section)

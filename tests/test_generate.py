@@ -85,7 +85,7 @@ def test_sentiment_end_to_end_cache_and_growing_n(tgi, tmp_path):
     assert len(data) == 30 and len(set(data["id"])) == 30
     assert sorted(data["prompt_label"]) == sorted([0, 1, 2] * 10)
     assert set(data["lang"]) == {"en"} and set(data["origin"]) == {"synthetic"}
-    assert set(data["gen_model"]) == {"hfaug/tgi-test"}  # from /info
+    assert set(data["gen_model"]) == {"hfaug://tiny/chat-lm"}  # from /info
     params = [json.loads(p) for p in data["gen_params"]]
     assert len({p["seed"] for p in params}) == 30 and {p["temperature"] for p in params} == {1.5}
     # the server wraps some texts in scaffolding ("Review: ...", quotes): the clean text has none
@@ -250,8 +250,9 @@ def test_server_protocol_stream_and_list_routes(tgi):
 
     async def go():
         client = AsyncInferenceClient(model=tgi.url)
-        tokens = [t async for t in await client.text_generation("Hi", stream=True, details=True, seed=1)]
-        full = await client.text_generation("Hi", seed=1, details=True, top_n_tokens=2)
+        tokens = [t async for t in await client.text_generation("Hi", stream=True, details=True, seed=1,
+                                                                    return_full_text=False)]
+        full = await client.text_generation("Hi", seed=1, details=True, top_n_tokens=2, return_full_text=False)
         return tokens, full
 
     tokens, full = asyncio.run(go())
@@ -518,7 +519,7 @@ def test_server_info_sizes_concurrency_and_checks_lengths(tmp_path):
             await backend.close()
 
         run_sync(go())
-        assert backend.max_concurrency == 7 and backend.model_id == "hfaug/tgi-test"
+        assert backend.max_concurrency == 7 and backend.model_id == "hfaug://tiny/chat-lm"
 
 
 def test_backend_generate_is_the_plain_interface(tgi):

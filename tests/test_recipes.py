@@ -42,7 +42,10 @@ def test_paper_recipe_parses_and_resolves_offline(name, no_network):
     assert (recipe.teacher.epochs, recipe.teacher.learning_rate, recipe.teacher.batch_size,
             recipe.teacher.gradient_accumulation_steps, recipe.teacher.max_length) == (15, 5e-6, 32, 4, 128)
     assert recipe.label.dynamics
-    assert recipe.select.budgets == [2500] and recipe.select.n_clusters == 25
+    assert recipe.select.budgets[0] == 2500 and recipe.select.n_clusters == 25
+    # the experiment grid: budgets 2.5k to 22.5k per class, every strategy and all, the paper's seeds
+    assert recipe.select.budgets == [2500, 7500, 12500, 17500, 22500] and "all" in recipe.select.strategies
+    assert recipe.distill.seeds == [42, 12, 100]
     assert recipe.select.embedder == "sentence-transformers/LaBSE"
     assert (recipe.distill.temperature, recipe.distill.loss_form, recipe.distill.label_mode) == (1.5, "paper", "soft")
     assert recipe.distill.num_train_epochs == 15

@@ -8,10 +8,23 @@ with top tokens / top logprobs for the answer.
 
 Injectable behaviour (``configure()`` in process, or ``POST /_admin/config``):
 ``latency`` seconds per request; ``fault_rate`` with ``faults`` drawn from 429, 503, timeout,
-malformed, disconnect, 422; ``reject_after`` = N: every generation request after the first N is
+malformed, disconnect, 422, 424; ``reject_after`` = N: every generation request after the first N is
 answered 422 with ``reject_message``; ``overloaded_first`` = N: the first N get 429, with a
 ``Retry-After`` header when ``retry_after`` is set. ``GET /_admin/stats`` counts requests (all, by route, by
 fault, distinct (prompt, seed) pairs answered).
+
+Strict where the real servers are (TGI 3.3 router source, vLLM 0.11 / SGLang / transformers 4.57 serve):
+``POST /`` returns the prompt in front of the generation unless ``return_full_text`` is false
+(TGI's compat route defaults it to true for text-generation models); on the chat route a
+streaming request's errors (overload, validation, generation) come as an event inside an HTTP
+200 stream, ``{"error": {"message", "http_status_code": 422}}`` as TGI sends them; an
+``adapter_id`` TGI did not load (``lora_adapters``) gets the base model's answer, silently.
+``flavor`` makes the chat route act as another server: ``vllm`` / ``sglang`` (no ``/info``,
+``/v1/models`` owned by them, a regex ``response_format`` rejected with 400; vLLM honours
+``structured_outputs.choice`` and ``guided_choice``, SGLang its ``regex`` field) or
+``transformers`` (``transformers serve``: always streams, 422 for fields it does not use).
+``reply`` = ``empty`` answers chat requests with no content; ``nonstream`` answers a streaming
+chat request with one JSON body.
 
 Use in a test: ``with TGIServer(latency=0.01) as server: server.url`` (a thread), or as a
 process: ``python tests/tgi_server.py --latency 0.05`` prints ``READY <url>``.
@@ -48,7 +61,13 @@ class State:
                  timeout_s: float = 5.0, reject_after: int | None = None,
                  reject_message: str = "Input validation error: `temperature` must be strictly positive",
                  max_concurrent_requests: int = 128, max_total_tokens: int = 2048, seed: int = 0,
-                 overloaded_first: int = 0, retry_after: float | None = None):
+                 overloaded_first: int = 0, retry_after: float | None = None, flavor: str = "tgi",
+                 reply: str = "normal", lora_adapters: tuple = (), model_id: str = "hfaug://tiny/chat-lm"):
+        self.flavor = flavor
+        self.reply = reply
+        self.lora_adapters = list(lora_adapters)
+        self.model_id = model_id
+        self.bodies: list[dict] = []  # the last chat request bodies, for tests to look at
         self.latency = latency
         self.fault_rate = fault_rate
         self.faults = list(faults)
@@ -61,6 +80,7 @@ class State:
         self.overloaded_first = overloaded_first  # the first N generation requests get 429
         self.retry_after = retry_after  # Retry-After seconds sent with 429 and 503
         self.counts: Counter = Counter()
+        self.authorization: Counter = Counter()  # Authorization header (None: absent) -> requests
         self.answered: Counter = Counter()  # (prompt, seed) -> successful answers
         self.generation_requests = 0
 
@@ -76,7 +96,8 @@ class State:
     def stats(self) -> dict:
         return {"requests": self.generation_requests, "counts": dict(self.counts),
                 "distinct_answered": len(self.answered), "answered": sum(self.answered.values()),
-                "repeated": sum(v - 1 for v in self.answered.values() if v > 1)}
+                "repeated": sum(v - 1 for v in self.answered.values() if v > 1),
+                "authorization": {str(k): v for k, v in self.authorization.items()}}
 
 
 def build_app(state: State):
@@ -93,6 +114,7 @@ def build_app(state: State):
         """Count the request, wait the latency, maybe answer with a fault."""
         state.generation_requests += 1
         state.counts[route] += 1
+        state.authorization[request.headers.get("Authorization")] += 1
         n = state.generation_requests
         if state.latency:
             await asyncio.sleep(state.latency)
@@ -111,6 +133,8 @@ def build_app(state: State):
                 return error(503, "Service Unavailable: the model is loading")
             if kind == "422":
                 return error(422, state.reject_message, "validation")
+            if kind == "424":  # TGI's GenerationError: a failure on the shard, not the request's fault
+                return error(424, "Request failed during generation: CUDA out of memory", "generation")
             if kind == "timeout":
                 await asyncio.sleep(state.timeout_s)
                 return None
@@ -138,7 +162,10 @@ def build_app(state: State):
         seed = params.get("seed")
         state.answered[(prompt, seed)] += 1
         answer = constrained(prompt, params.get("grammar"))
-        text = answer[0] if answer else text_for(prompt, seed)
+        adapter = params.get("adapter_id")
+        # TGI maps an adapter id it did not load to the base model (index 0) without a word
+        tuned = f"{prompt}|adapter:{adapter}" if adapter in state.lora_adapters else prompt
+        text = answer[0] if answer else text_for(tuned, seed)
         tokens = text.split()
         top_n = params.get("top_n_tokens") or 0
         details = {
@@ -176,7 +203,8 @@ def build_app(state: State):
         tokens = out["details"]["tokens"]
         for i, token in enumerate(tokens):
             last = i == len(tokens) - 1
-            event = {"index": i, "token": token, "generated_text": out["generated_text"] if last else None,
+            full = (prompt if params.get("return_full_text") else "") + out["generated_text"]
+            event = {"index": i, "token": token, "generated_text": full if last else None,
                      "details": {"finish_reason": "eos_token", "generated_tokens": len(tokens),
                                  "seed": params.get("seed")} if last else None}
             await response.write(f"data:{json.dumps(event)}\n\n".encode())
@@ -197,9 +225,14 @@ def build_app(state: State):
         fault = await fault_or_none(request, route)
         if fault is not None:
             return fault
+        if route == "/" and params.get("return_full_text") is None:
+            # TGI's compat route: the default by pipeline tag, true for text-generation models
+            params = {**params, "return_full_text": True}
         if stream if stream is not None else body.get("stream"):
             return await sse(request, body["inputs"], params)
         out = generation(body["inputs"], params)
+        if params.get("return_full_text"):
+            out["generated_text"] = body["inputs"] + out["generated_text"]
         if out["details"] is None:
             del out["details"]
         return web.json_response([out] if route == "/" else out)
@@ -213,24 +246,74 @@ def build_app(state: State):
     async def generate_stream(request):
         return await handle(request, "/generate_stream", stream=True)
 
+    def stream_error(message: str):
+        """TGI's chat route: every error of a streaming request is an event in a 200 stream."""
+        async def send(request):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            event = {"error": {"message": message, "http_status_code": 422}}
+            await response.write(f"data:{json.dumps(event)}\n\n".encode())
+            await response.write_eof()
+            return response
+        return send
+
+    def flavor_rejects(body: dict):
+        """What vLLM, SGLang and transformers serve refuse before generating."""
+        fmt = body.get("response_format")
+        if state.flavor in ("vllm", "sglang") and isinstance(fmt, dict) and fmt.get("type") not in (
+                "text", "json_object", "json_schema", "structural_tag"):
+            return web.json_response({"object": "error", "type": "BadRequestError", "code": 400, "message": (
+                "1 validation error: response_format.type Input should be 'text', 'json_object', 'json_schema' "
+                "or 'structural_tag'")}, status=400)
+        if state.flavor == "transformers":
+            unused = sorted(set(body) & {"logprobs", "top_logprobs", "response_format", "stop", "n"})
+            if unused:
+                return web.json_response({"detail": f"Unused fields in the request: {set(unused)}"}, status=422)
+        return None
+
+    def flavor_grammar(body: dict):
+        """The label constraint in the form this flavor honours."""
+        if state.flavor == "tgi":
+            return body.get("response_format")
+        if state.flavor == "vllm":
+            choice = (body.get("structured_outputs") or {}).get("choice") or body.get("guided_choice")
+            return {"type": "regex", "value": "(" + "|".join(choice) + ")"} if choice else None
+        if state.flavor == "sglang" and body.get("regex"):
+            return {"type": "regex", "value": body["regex"]}
+        return None
+
     async def chat(request):
         body = await read_json(request)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return error(422, "Failed to deserialize the JSON body: missing field `messages`", "validation")
+        state.bodies = (state.bodies + [body])[-50:]
+        stream = bool(body.get("stream")) or state.flavor == "transformers"  # transformers serve always streams
+        rejected = flavor_rejects(body)
+        if rejected is not None:
+            state.counts["rejected"] += 1
+            return rejected
         bad = validate({"temperature": body.get("temperature"), "max_new_tokens": body.get("max_tokens")}, chat=True)
         if bad is not None:
             state.generation_requests += 1
             state.counts["fault_422"] += 1
+            if stream and state.flavor == "tgi":
+                return await stream_error(json.loads(bad.body)["error"])(request)
             return bad
         fault = await fault_or_none(request, "/v1/chat/completions")
         if fault is not None:
+            if stream and state.flavor == "tgi" and fault.status in (422, 424, 429):
+                return await stream_error(json.loads(fault.body)["error"])(request)
             return fault
         prompt = json.dumps(body["messages"], sort_keys=True)
         top_n = body.get("top_logprobs") if body.get("logprobs") else 0
-        out = generation(prompt, {"seed": body.get("seed"), "details": True, "grammar": body.get("response_format"),
-                                  "top_n_tokens": top_n})
+        adapter = body.get("model") if body.get("model") not in (None, "tgi") else None  # TGI: model = adapter
+        out = generation(prompt, {"seed": body.get("seed"), "details": True, "grammar": flavor_grammar(body),
+                                  "top_n_tokens": top_n, "adapter_id": adapter})
+        if state.reply == "empty":
+            out["generated_text"] = ""
+            out["details"]["tokens"] = [{"id": 0, "text": "", "logprob": -1.0, "special": False}]
         n = out["details"]["generated_tokens"]
-        if body.get("stream"):  # TGI's Messages API streams chat.completion.chunk events
+        if stream and state.reply != "nonstream":  # TGI's Messages API streams chat.completion.chunk events
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             tokens = out["details"]["tokens"]
@@ -259,13 +342,25 @@ def build_app(state: State):
         })
 
     async def info(request):
+        if state.flavor != "tgi":
+            return web.json_response({"detail": "Not Found"}, status=404)
         return web.json_response({
-            "model_id": "hfaug/tgi-test", "model_sha": None, "model_pipeline_tag": "text-generation",
+            "model_id": state.model_id, "model_sha": None, "model_pipeline_tag": "text-generation",
             "max_concurrent_requests": state.max_concurrent_requests, "max_best_of": 2,
             "max_stop_sequences": 4, "max_input_tokens": state.max_total_tokens // 2,
             "max_total_tokens": state.max_total_tokens, "validation_workers": 2, "max_client_batch_size": 4,
             "router": "text-generation-router", "version": "3.3.6-test",
         })
+
+    async def models(request):
+        owner = {"vllm": "vllm", "sglang": "sglang"}.get(state.flavor, "hfaug")
+        return web.json_response({"object": "list", "data": [
+            {"id": state.model_id, "object": "model", "created": 0, "owned_by": owner}]})
+
+    async def version(request):
+        if state.flavor in ("vllm", "sglang"):
+            return web.json_response({"version": "0.11.0" if state.flavor == "vllm" else "0.5.4"})
+        return web.json_response({"detail": "Not Found"}, status=404)
 
     async def admin_config(request):
         try:
@@ -283,6 +378,8 @@ def build_app(state: State):
     app.router.add_post("/generate_stream", generate_stream)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/info", info)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/version", version)
     app.router.add_post("/_admin/config", admin_config)
     app.router.add_get("/_admin/stats", admin_stats)
     return app

@@ -19,6 +19,7 @@ request's seed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -102,8 +103,10 @@ class GenerateConfig:
         "help": "transformers only (TGI and OpenAI servers lack it): no repeated n-grams of this size."})
     repetition_penalty: float | None = field(default=None, metadata={"help": "Repetition penalty."})
     stop: list[str] = field(default_factory=list, metadata={"help": "Stop sequences."})
-    prompt_format: str = field(default="llama2", metadata={
-        "help": "tgi: how chat messages become a prompt: llama2, chatml, zephyr, plain, or a Jinja chat template."})
+    prompt_format: str = field(default="auto", metadata={
+        "help": "tgi: how chat messages become a prompt: auto (the model's own chat template, from generate.model "
+                "or the server's /info model id; fails when it cannot be read), llama2, chatml, zephyr, plain, "
+                "or a Jinja chat template."})
     details: bool = field(default=False, metadata={
         "help": "tgi: ask for generation details (finish reason, token counts); costs client CPU per token."})
     concurrency: int = field(default=32, metadata={
@@ -119,8 +122,22 @@ class GenerateConfig:
     backoff_max: float = field(default=60.0, metadata={"help": "Longest wait between retries."})
     max_failed_fraction: float = field(default=0.0, metadata={
         "help": "Share of requests allowed to fail after retries; more ends the run (a rerun retries them)."})
+    check_endpoints: bool = field(default=True, metadata={
+        "help": "tgi/openai: before the run, check that every endpoint answers (/info, /health or /v1/models)."})
+    unreachable_after: float = field(default=30.0, metadata={
+        "help": "tgi/openai: stop when every request to every endpoint failed to connect for this many seconds "
+                "(finished requests are kept; 0: never stop, retry as configured)."})
     token_env: str | None = field(default="HF_TOKEN", metadata={
         "help": "Environment variable holding the server's token (read at run time, never logged)."})
+    token_endpoints: list[str] = field(default_factory=list, metadata={
+        "help": "Endpoints (besides the Hub's own https services) that need the token; never plain http to "
+                "another host."})
+    refresh_cache: bool = field(default=False, metadata={
+        "help": "Send every request again (the cache is rewritten, not read), e.g. after a server fault."})
+    torch_dtype: str | None = field(default=None, metadata={
+        "help": "transformers: weights dtype (bfloat16, float16, float32, auto) for large models."})
+    device_map: str | None = field(default=None, metadata={
+        "help": "transformers: accelerate device map (e.g. auto: spread a large model over the GPUs)."})
     max_rows: int | None = field(default=130_000, metadata={
         "help": "Keep at most this many clean rows after a seeded shuffle (the paper's pool: 130,000); null: all."})
     held_out: int = field(default=0, metadata={
@@ -227,7 +244,7 @@ def generate(config: GenerateConfig, task: "Task", *, seed: int = 42, cache_dir:
 
     shots = _shots(config, task, seed, source)
     backend = backend or make_backend(config, model=config.model_ref)
-    cache = _open_cache(cache_dir)
+    cache = _open_cache(cache_dir, refresh=config.refresh_cache)
     try:
         return run_sync(_generate(config, task, seed, backend, cache, shots))
     finally:
@@ -254,10 +271,10 @@ def _shots(config: GenerateConfig, task: "Task", seed: int, source):
     return {"review": make(None), "premise": make("premise"), "hypothesis": make(None)}
 
 
-def _open_cache(cache_dir):
+def _open_cache(cache_dir, refresh: bool = False):
     from .cache import RequestCache
 
-    return RequestCache(Path(cache_dir) / "requests.sqlite") if cache_dir else None
+    return RequestCache(Path(cache_dir) / "requests.sqlite", refresh=refresh) if cache_dir else None
 
 
 async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "Backend", cache, shots=None):
@@ -266,15 +283,19 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
     stats: Counter = Counter()
     dropped: Counter = Counter()
     raw_rows: list[dict] = []
+    unfinished: set[str] = set()  # requests that failed within max_failed_fraction: a rerun retries them
+    timer: Counter = Counter()  # seconds in the request phases and in deduplication
+    await _check_endpoints(backend, config)
     await backend.start()
     try:
         if hasattr(backend, "check_lengths"):
-            backend.check_lengths(max(config.max_new_tokens, config.premise_max_new_tokens))
+            # premise_max_new_tokens only bounds NLI's premises; a sentiment recipe never sends it
+            backend.check_lengths(max(config.max_new_tokens, config.premise_max_new_tokens if task.is_pair else 0))
         if task.name == "sentiment":
             requests = sentiment_requests(task.labels, config.counts(task), templates, config.domains, seed,
                                           shots and shots["review"])
             params = config.sampling("review")
-            results = await _send(backend, requests, params, config, cache, stats, "reviews")
+            results = await _send(backend, requests, params, config, cache, stats, "reviews", unfinished, timer)
             rows = []
             for request, result in zip(requests, results):
                 gp = _gen_params(params, request, backend)
@@ -288,13 +309,14 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
                 else:
                     rows.append({schema.TEXT: text, schema.PROMPT_LABEL: request.label, schema.GEN_PARAMS: gp,
                                  "_raw": len(raw_rows) - 1})
-            rows = _dedupe(rows, [r[schema.TEXT] for r in rows], config, dropped, raw_rows)
+            with _timed(timer, "dedupe_s"):
+                rows = _dedupe(rows, [r[schema.TEXT] for r in rows], config, dropped, raw_rows)
             rows_in = len(requests)
         else:
             requests = premise_requests(config.n_premises, templates, config.domain_mix, seed,
                                         shots and shots["premise"])
             premise_params = config.sampling("premise")
-            results = await _send(backend, requests, premise_params, config, cache, stats, "premises")
+            results = await _send(backend, requests, premise_params, config, cache, stats, "premises", unfinished, timer)
             premises = []
             n_labels = task.num_labels
             for request, result in zip(requests, results):
@@ -307,7 +329,8 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
                     dropped[f"premise_{reason}"] += n_labels
                 else:
                     premises.append((request, text, len(raw_rows) - 1))
-            dup = duplicates([p[1] for p in premises], config.clean)
+            with _timed(timer, "dedupe_s"):
+                dup = duplicates([p[1] for p in premises], config.clean)
             for i, reason in dup.items():
                 dropped[f"premise_{reason}"] += n_labels
                 raw_rows[premises[i][2]]["dropped"] = reason
@@ -317,7 +340,7 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
             hyp_requests = hypothesis_requests([(r.index, r.meta["domain"], t) for r, t, _ in premises],
                                                task.labels, templates, seed, shots and shots["hypothesis"])
             params = config.sampling("hypothesis")
-            results = await _send(backend, hyp_requests, params, config, cache, stats, "hypotheses")
+            results = await _send(backend, hyp_requests, params, config, cache, stats, "hypotheses", unfinished, timer)
             rows = []
             for request, result in zip(hyp_requests, results):
                 gp = _gen_params(params, request, backend, premise_seed=seeds[request.index],
@@ -343,7 +366,8 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
                 by_premise.setdefault(row[schema.PREMISE], []).append(i)
             gone: set[int] = set()
             for members in by_premise.values():
-                dup = duplicates([rows[i][schema.HYPOTHESIS] for i in members], config.clean)
+                with _timed(timer, "dedupe_s"):
+                    dup = duplicates([rows[i][schema.HYPOTHESIS] for i in members], config.clean)
                 for j, reason in dup.items():
                     gone.add(members[j])
                     dropped[reason] += 1
@@ -397,24 +421,65 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
         "generated_tokens": gen_tokens,
         "gen_model": backend.model_id,
         "prompt_labels": dict(Counter(task.labels[i] for i in data[schema.PROMPT_LABEL])) if len(data) else {},
-        "requests_per_s": round(stats["sent"] / wall, 2) if wall > 0 else 0.0,
+        # the request phases (sending and waiting) and the whole stage (cleaning, deduplication,
+        # datasets, LLM labels included) separately: one says how fast the server is driven,
+        # the other what the stage costs
+        "request_phase_s": round(timer["request_s"], 3),
+        "requests_per_s": round(stats["sent"] / timer["request_s"], 2) if timer["request_s"] > 0 else 0.0,
+        "dedupe_s": round(timer["dedupe_s"], 3),
+        "stage_s": round(wall, 3),
+        "stage_requests_per_s": round(stats["sent"] / wall, 2) if wall > 0 else 0.0,
     }
+    if cache is not None:  # over every run that used this cache: a resumed stage reports its whole effort
+        from .engine import Ledger
+
+        metrics["requests_total"] = dict(sorted(Ledger.read(Ledger.path_for(cache.path)).items()))
+    if unfinished:
+        import hashlib
+
+        metrics["unfinished_requests"] = {
+            "count": len(unfinished),
+            "digest": hashlib.sha256("\n".join(sorted(unfinished)).encode()).hexdigest()[:16]}
     if llm_metrics is not None:
         metrics["llm_labels"] = llm_metrics
     return outputs, dropped, metrics
 
 
+@contextlib.contextmanager
+def _timed(timer: Counter, key: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timer[key] += time.perf_counter() - start
+
+
+async def _check_endpoints(backend, config: GenerateConfig) -> None:
+    """A server backend's URLs answer before anything is sent (see :mod:`.endpoints`)."""
+    endpoints = getattr(backend, "endpoints", None)
+    if endpoints and config.check_endpoints:
+        from .endpoints import check_endpoints
+
+        await check_endpoints(endpoints)
+
+
 async def _send(backend, requests: list[Request], params, config: GenerateConfig, cache, stats: Counter,
-                desc: str) -> list[dict | None]:
-    """Send a phase's requests; results in request order (None where a request failed)."""
+                desc: str, unfinished: set[str] | None = None, timer: Counter | None = None) -> list[dict | None]:
+    """Send a phase's requests; results in request order (None where a request failed). The keys
+    of requests that failed within max_failed_fraction are added to ``unfinished``."""
     from .engine import RetryPolicy, run_requests
 
     retry = RetryPolicy(config.max_retries, config.backoff, config.backoff_max)
-    outcome = await run_requests(backend, requests, params, cache=cache, concurrency=config.concurrency,
-                                 retry=retry, progress=config.progress, desc=desc, cache_model=config.cache_model())
+    with _timed(timer if timer is not None else Counter(), "request_s"):
+        outcome = await run_requests(backend, requests, params, cache=cache, concurrency=config.concurrency,
+                                     retry=retry, progress=config.progress, desc=desc,
+                                     cache_model=config.cache_model(), unreachable_after=config.unreachable_after)
     for key, value in outcome.stats.items():
         stats[key] += value
     where = f" in {cache.path}" if cache is not None else ""
+    if outcome.fatal is not None and outcome.fatal.reason == "unreachable":
+        raise HfaugError(f"generate: {outcome.fatal.message}; {len(outcome.results)} finished requests are "
+                         f"kept{where}; start the server (or fix generate.endpoints) and rerun to resume")
     if outcome.fatal is not None:
         done = len(outcome.results)
         raise HfaugError(f"generate: the server rejected a request ({outcome.fatal.message}); {done} finished "
@@ -425,6 +490,8 @@ async def _send(backend, requests: list[Request], params, config: GenerateConfig
         raise HfaugError(f"generate: {failed} of {len(set(outcome.keys))} {desc} requests still failed after "
                          f"{config.max_retries} retries (last: {last}); finished ones are kept{where}; "
                          f"rerun to retry the failed ones")
+    if unfinished is not None:
+        unfinished.update(set(outcome.failed) - set(outcome.results))
     return [outcome.results.get(key) for key in outcome.keys]
 
 
@@ -503,8 +570,15 @@ def run(ctx: "StageContext") -> "StageResult":
     if metrics["keep_rate"] < 0.5:
         hints.append(f"generate kept {metrics['rows_kept']} of {requested} rows; see the 'raw' dataset's "
                      f"'dropped' column for why")
+    incomplete = None
+    unfinished = metrics.get("unfinished_requests")
+    if unfinished:
+        # within max_failed_fraction, so the stage finished; it is not fresh, so a plain rerun retries them
+        reason = f"{unfinished['count']} requests failed after retries"
+        incomplete = {"reason": reason, "state": unfinished["digest"]}
+        hints.append(f"generate: {reason} (within max_failed_fraction); rerun to retry them")
     return StageResult(datasets=datasets_, dropped=dropped, rows_in=requested, metrics=metrics,
-                       extra={"next": hints} if hints else {})
+                       extra={"next": hints} if hints else {}, incomplete=incomplete)
 
 
 def _shot_source(ctx, config: GenerateConfig):
@@ -569,6 +643,7 @@ def dry_run(run: "Run", config: GenerateConfig | None = None) -> str:
 
     async def go():
         out = []
+        await _check_endpoints(backend, config)
         await backend.start()
         try:
             for name, requests, params in phases:

@@ -30,13 +30,17 @@ from ..prompts import Request
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+# 424 is TGI's "Request failed during generation" (a shard hiccup, an OOM on one batch): transient
+RETRYABLE_STATUS = {408, 424, 425, 429, 500, 502, 503, 504}
 
 #: chat formats for TGI's raw-prompt route (the Llama-2 chat format is the paper's model's)
 PROMPT_FORMATS = {
     "llama2": (
         "{% set sys = messages | selectattr('role', 'equalto', 'system') | map(attribute='content') | list %}"
-        "{% for m in messages if m.role != 'system' %}{% if m.role == 'user' %}<s>[INST] "
+        # no literal <s>: TGI (and every tokenizer of the family) adds BOS itself, a second one in
+        # the text shifts the model off its training format
+        "{% for m in messages if m.role != 'system' %}{% if m.role == 'user' %}"
+        "{% if not loop.first %}<s>{% endif %}[INST] "
         "{% if loop.first and sys %}<<SYS>>\n{{ sys[0] }}\n<</SYS>>\n\n{% endif %}{{ m.content }} [/INST]"
         "{% else %} {{ m.content }} </s>{% endif %}{% endfor %}"
     ),
@@ -146,16 +150,21 @@ def _pooled_client_class():
             return None
 
     class PooledAsyncInferenceClient(AsyncInferenceClient):
-        def __init__(self, *args, session=None, **kwargs):
-            super().__init__(*args, **kwargs)
+        def __init__(self, *args, session=None, auth: str | None = None, **kwargs):
+            super().__init__(*args, token=auth, **kwargs)
             self._shared_session = session
+            self._auth = auth
 
         def _get_client_session(self, headers=None):
             if self._shared_session is None:
                 return super()._get_client_session(headers=headers)
             import aiohttp
 
-            merged = {**self.headers, **(headers or {})}
+            # the Authorization header is hfaug's choice per endpoint (token_for): the client would
+            # otherwise add the login token of this machine to whatever URL it posts to
+            merged = {k: v for k, v in {**self.headers, **(headers or {})}.items() if k.lower() != "authorization"}
+            if self._auth:
+                merged["authorization"] = f"Bearer {self._auth}"
             return _SessionView(self._shared_session, merged, aiohttp.ClientTimeout(total=self.timeout))
 
     return PooledAsyncInferenceClient
@@ -202,11 +211,36 @@ def classify_error(exc: BaseException) -> RequestError:
     raise exc
 
 
+#: hosts that are the Hub's own inference services: the Hub token is theirs
+HUB_HOST_SUFFIXES = ("huggingface.co", ".hf.space", ".endpoints.huggingface.cloud", ".huggingface.cloud")
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def token_for(url: str, token: str | None, token_endpoints=()) -> str | None:
+    """The token an endpoint gets: the Hub's own services (https) always, another server only
+    when the recipe lists it in ``generate.token_endpoints``, and never in clear text over http
+    to a host other than this machine (a listed one is refused with one line)."""
+    from urllib.parse import urlsplit
+
+    if not token:
+        return None
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    listed = url.rstrip("/") in {u.rstrip("/") for u in token_endpoints}
+    hub = parts.scheme == "https" and (host == "huggingface.co" or host.endswith(HUB_HOST_SUFFIXES))
+    if not (hub or listed):
+        return None
+    if parts.scheme != "https" and host not in LOCAL_HOSTS:
+        raise HfaugError(f"generate.token_endpoints: {url} is plain http to another host; the token would travel "
+                         f"in clear text: use https (or drop it from token_endpoints)")
+    return token
+
+
 class _ServerBackend(Backend):
     """Shared by tgi and openai: one aiohttp session, endpoints picked least-busy first."""
 
     def __init__(self, model: str, endpoints: list[str], *, timeout: float = 120.0, concurrency: int = 32,
-                 headers: dict | None = None, token: str | None = None):
+                 headers: dict | None = None, token: str | None = None, token_endpoints=()):
         super().__init__(model)
         if not endpoints:
             raise HfaugError(f"generate: backend '{self.name}' needs at least one URL in generate.endpoints")
@@ -214,7 +248,8 @@ class _ServerBackend(Backend):
         self.timeout = timeout
         self.concurrency = concurrency
         self.headers = headers or {}
-        self.token = token
+        # the token per endpoint: the Hub's services and the ones the recipe names, nothing else
+        self.tokens = {url: token_for(url, token, token_endpoints) for url in self.endpoints}
         self._session = None
         self._clients: dict[str, Any] = {}
         self._busy = {url: 0 for url in self.endpoints}
@@ -236,7 +271,8 @@ class _ServerBackend(Backend):
         await self._read_info()
 
     def _client_for(self, cls, url):
-        return cls(model=url, timeout=self.timeout, headers=self.headers, token=self.token, session=self._session)
+        return cls(model=url, timeout=self.timeout, headers=self.headers, auth=self.tokens[url],
+                   session=self._session)
 
     async def _read_info(self) -> None:
         """TGI's /info (also served by TGI's Messages API): model id, max concurrency, lengths."""
@@ -301,19 +337,81 @@ class TGIBackend(_ServerBackend):
 
     name = "tgi"
 
-    def __init__(self, model: str, endpoints: list[str], *, prompt_format: str = "llama2", details: bool = False,
-                 **kwargs):
+    def __init__(self, model: str, endpoints: list[str], *, prompt_format: str = "auto", details: bool = False,
+                 adapter_id: str | None = None, **kwargs):
         super().__init__(model, endpoints, **kwargs)
         # huggingface_hub parses every generated token's details into dataclasses, which costs
         # about a third of the client's CPU at hundreds of requests/s: ask only when wanted
         self.details = details
-        import jinja2
+        self.prompt_format = prompt_format
+        self.adapter_id = adapter_id
+        self._template = None
+        if prompt_format != "auto":
+            import jinja2
 
-        source = PROMPT_FORMATS.get(prompt_format, prompt_format)
-        self._template = jinja2.Environment(keep_trailing_newline=True).from_string(source)
+            source = PROMPT_FORMATS.get(prompt_format, prompt_format)
+            self._template = jinja2.Environment(keep_trailing_newline=True).from_string(source)
+        self._tokenizer = None
+
+    async def start(self) -> None:
+        await super().start()
+        if self._template is None and self._tokenizer is None:
+            self._tokenizer = self._chat_tokenizer()
+        if self.adapter_id:
+            await self._check_adapter()
+
+    def _chat_tokenizer(self):
+        """The served model's own chat template (prompt_format: auto): from generate.model when
+        it names a model, else from the model id the server's /info reports."""
+        candidates = [m for m in (self.model, self.model_id) if m and m != "tgi"]
+        errors = []
+        for name in dict.fromkeys(candidates):
+            try:
+                from transformers import AutoTokenizer
+
+                from ..config import resolve
+
+                tok = AutoTokenizer.from_pretrained(resolve(name))
+            except Exception as e:  # noqa: BLE001 -- any loading failure: try the next name, then say so
+                errors.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                continue
+            if tok.chat_template:
+                return tok
+            errors.append(f"{name}: the tokenizer has no chat template")
+        why = "; ".join(errors) or "no model name (set generate.model) and no model_id in the server's /info"
+        raise HfaugError(f"generate.prompt_format is auto but the model's chat template is not available ({why}); "
+                         f"set generate.prompt_format to llama2, chatml, zephyr, plain or a Jinja chat template")
 
     def render(self, request: Request) -> str:
-        return self._template.render(messages=request.chat)
+        if self._template is not None:
+            return self._template.render(messages=request.chat)
+        tok = self._tokenizer
+        text = tok.apply_chat_template(list(request.chat), tokenize=False, add_generation_prompt=True)
+        bos = tok.bos_token
+        # TGI adds BOS itself: a template's own {{ bos_token }} would make it twice
+        return text[len(bos):] if bos and text.startswith(bos) else text
+
+    async def _check_adapter(self) -> None:
+        """TGI answers a request naming an adapter it did not load with the base model, silently
+        (its server maps unknown adapter ids to index 0). Two greedy probes with and without the
+        adapter that come back identical mean the adapter is not there."""
+        probes = [Request("probe", None, i, (("user", text),), 0) for i, text in
+                  enumerate(("Write one sentence about a river.", "Name three colours."))]
+        params = {"greedy": True, "max_new_tokens": 16}
+        for url, client in self._clients.items():
+            same = 0
+            for probe in probes:
+                try:
+                    base = await self._one(client, probe, params)
+                    tuned = await self._one(client, probe, {**params, "adapter_id": self.adapter_id})
+                except Exception as e:
+                    raise HfaugError(f"generate.adapter_id: the adapter check at {url} failed: "
+                                     f"{classify_error(e).message}") from None
+                same += base.text == tuned.text
+            if same == len(probes):
+                raise HfaugError(f"generate.adapter_id '{self.adapter_id}': the server at {url} answers exactly as "
+                                 f"without it (TGI serves the base model for an adapter it did not load); start TGI "
+                                 f"with --lora-adapters {self.adapter_id} or fix the id")
 
     async def _one(self, client, request: Request, params: dict[str, Any]) -> Generation:
         kwargs = {k: params[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty",
@@ -325,8 +423,10 @@ class TGIBackend(_ServerBackend):
         greedy = bool(params.get("greedy"))
         if greedy:
             kwargs = {k: v for k, v in kwargs.items() if k not in ("temperature", "top_p", "top_k")}
+        # return_full_text=False: TGI's POST / (the client's route) defaults it to true for
+        # text-generation models, which would put the prompt in front of every generation
         out = await client.text_generation(self.render(request), details=details, do_sample=not greedy,
-                                           seed=request.seed, **kwargs)
+                                           seed=request.seed, return_full_text=False, **kwargs)
         if not details:
             return Generation(out)
         details = out.details
@@ -339,47 +439,261 @@ class TGIBackend(_ServerBackend):
                           getattr(details, "finish_reason", None), logprobs=top)
 
 
+#: the fields an OpenAI-compatible server may reject that hfaug can do without (dropped per endpoint
+#: with a warning, then the request is sent again): constraints and log-probabilities
+OPTIONAL_FIELDS = ("response_format", "structured_outputs", "guided_choice", "regex", "logprobs", "top_logprobs",
+                   "stop")
+
+
+def _stream_error(err) -> RequestError:
+    """An error event inside an HTTP 200 stream, classified like the status code it stands for.
+    TGI's chat route sends ``{"error": {"message", "http_status_code": 422}}`` for every kind (its
+    ``into_openai_event``), so the kind comes from the message (its InferError texts); the native
+    routes send ``{"error", "error_type"}``."""
+    if isinstance(err, dict):
+        message = str(err.get("message") or err)
+        kind = err.get("type") or err.get("error_type")
+    else:
+        message, kind = str(err), None
+    text = message.lower()
+    if kind == "overloaded" or "overloaded" in text:
+        status = 429
+    elif kind == "validation" or "validation error" in text or "template error" in text:
+        status = 422
+    elif kind == "generation" or "failed during generation" in text:
+        status = 424
+    elif kind in ("incomplete_generation", "incomplete_generation_stream") or "incomplete generation" in text:
+        status = 500
+    else:
+        status = 500  # an unnamed failure mid-stream: sent again, like a 500
+    return RequestError(f"HTTP {status} (in stream): {message}", retryable=status in RETRYABLE_STATUS,
+                        reason=f"http_{status}", status=status)
+
+
+def read_chat_body(body: bytes, content_type: str = "") -> tuple[str, str | None, int | None, list | None]:
+    """(text, finish_reason, completion_tokens, top logprobs) from a chat completion answered as
+    one JSON body or as a server-sent-event stream, whichever came (``transformers serve``
+    always streams; some proxies answer a streaming request with one body)."""
+    raw = body.decode("utf-8", errors="replace").strip()
+    if raw.startswith("{") and "text/event-stream" not in content_type:
+        events = [raw]
+    else:
+        events = [line[5:].strip() for line in raw.splitlines() if line.startswith("data:")]
+    parts, finish, tokens, top = [], None, None, []
+    for event in events:
+        if not event or event == "[DONE]":
+            continue
+        try:
+            data = json.loads(event)
+        except json.JSONDecodeError as e:
+            raise RequestError(f"malformed response: {event[:120]!r}", retryable=True, reason="malformed") from e
+        if not isinstance(data, dict):
+            raise RequestError(f"malformed response: {event[:120]!r}", retryable=True, reason="malformed")
+        if data.get("error") is not None:
+            raise _stream_error(data["error"] if isinstance(data["error"], dict) else
+                                {"message": data["error"], "type": data.get("error_type")})
+        usage = data.get("usage") or {}
+        tokens = usage.get("completion_tokens", tokens)
+        for choice in data.get("choices") or []:
+            piece = choice.get("message") or choice.get("delta") or {}
+            parts.append(piece.get("content") or "")
+            finish = choice.get("finish_reason") or finish
+            content = (choice.get("logprobs") or {}).get("content") if isinstance(choice.get("logprobs"), dict) else None
+            for step in content or []:
+                top.append([{"text": t.get("token", ""), "logprob": t.get("logprob")}
+                            for t in step.get("top_logprobs") or []])
+    return "".join(parts), finish, tokens, (top or None)
+
+
 class OpenAIBackend(_ServerBackend):
-    """Chat completions on an OpenAI-compatible server; ``model`` is sent as the model name."""
+    """Chat completions on an OpenAI-compatible server; ``model`` is sent as the model name.
+
+    The request goes straight over the shared aiohttp session and the reply is read as a JSON
+    body or an event stream, whichever the server sends. What each server needs:
+
+    - TGI's Messages API: errors arrive as events inside a 200 stream (classified as status codes);
+      a label constraint is ``response_format {type: regex}``.
+    - vLLM: rejects a regex response_format (400); the constraint is ``structured_outputs.choice``
+      (0.11 and later) or ``guided_choice`` (before).
+    - SGLang: rejects it too; the constraint is its ``regex`` field.
+    - ``transformers serve``: always streams and rejects (422) fields it does not use, such as
+      ``logprobs``, ``response_format`` and ``stop``.
+
+    The server is recognised from ``/info`` (TGI) or ``/v1/models`` ``owned_by`` (vLLM, SGLang).
+    A field a server still rejects is dropped for that endpoint with a warning (answers are then
+    parsed), and the request is sent again. A reply without text is a protocol error: retried,
+    then failed; when most replies are empty the run stops with the likely cause.
+    """
 
     name = "openai"
+    #: empty replies seen before "most replies are empty" can stop the run
+    EMPTY_MIN = 8
+
+    def __init__(self, model: str, endpoints: list[str], **kwargs):
+        super().__init__(model, endpoints, **kwargs)
+        self.kinds: dict[str, tuple[str, str | None]] = {}  # url -> (server kind, version)
+        self.dropped: dict[str, set[str]] = {url: set() for url in self.endpoints}
+        self.replies = 0
+        self.empty = 0
 
     def _client_for(self, cls, url):
-        return cls(base_url=url, timeout=self.timeout, headers=self.headers, api_key=self.token,
-                   session=self._session)
+        return None  # requests go straight over the shared session (see _one)
 
-    async def _one(self, client, request: Request, params: dict[str, Any]) -> Generation:
+    async def start(self) -> None:
+        await super().start()
+        for url in self.endpoints:
+            self.kinds[url] = await self._server_kind(url)
+
+    async def _get_json(self, endpoint: str, path: str):
+        import aiohttp
+
+        url = f"{self._base(endpoint)}{path}"
+        try:
+            async with self._session.get(url, headers=self._headers_for(endpoint),
+                                         timeout=aiohttp.ClientTimeout(total=10)) as r:
+                return await r.json(content_type=None) if r.status == 200 else None
+        except Exception as e:  # noqa: BLE001 -- an optional route: absent is an answer too
+            logger.debug("no %s: %r", url, e)
+            return None
+
+    async def _server_kind(self, url: str) -> tuple[str, str | None]:
+        if url in self.info:
+            return "tgi", self.info[url].get("version")
+        models = await self._get_json(url, "/v1/models")
+        owners = {m.get("owned_by") for m in (models or {}).get("data", []) if isinstance(m, dict)}
+        for kind in ("vllm", "sglang"):
+            if kind in owners:
+                version = await self._get_json(url, "/version")
+                return kind, (version or {}).get("version")
+        return "other", None
+
+    @staticmethod
+    def _base(url: str) -> str:
+        return url[:-3] if url.endswith("/v1") else url
+
+    def _chat_url(self, url: str) -> str:
+        if url.endswith("/chat/completions"):
+            return url
+        return f"{self._base(url)}/v1/chat/completions"
+
+    def _headers_for(self, url: str) -> dict:
+        headers = dict(self.headers)
+        token = self.tokens.get(url.rstrip("/"))
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def _constraint(self, url: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The label constraint in the form this server accepts (none where it has none)."""
+        labels, grammar = params.get("label_names"), params.get("grammar")
+        if not (labels or grammar):
+            return {}
+        kind, version = self.kinds.get(url, ("other", None))
+        if kind == "tgi" and grammar:
+            return {"response_format": grammar}
+        if kind == "vllm" and labels:
+            major_minor = tuple(int(x) for x in (version or "0.11").split(".")[:2] if x.isdigit())
+            return {"structured_outputs": {"choice": list(labels)}} if major_minor >= (0, 11) else \
+                {"guided_choice": list(labels)}
+        if kind == "sglang" and grammar and grammar.get("type") == "regex":
+            return {"regex": grammar["value"]}
+        self._warn_once(url, "constraint", f"the server at {url} has no known constrained-choice form: "
+                                           f"LLM label answers are parsed")
+        return {}
+
+    def _warn_once(self, url: str, what: str, message: str) -> None:
+        if what not in self.dropped[url]:
+            self.dropped[url].add(what)
+            logger.warning("generate: %s", message)
+
+    def _body(self, url: str, request: Request, params: dict[str, Any]) -> dict[str, Any]:
         greedy = bool(params.get("greedy"))
-        kwargs = {"temperature": 0.0 if greedy else params.get("temperature"),
-                  "top_p": None if greedy else params.get("top_p"),
-                  "max_tokens": params.get("max_new_tokens"), "stop": params.get("stop") or None}
+        body = {"model": self.model, "messages": request.chat, "seed": request.seed,
+                "temperature": 0.0 if greedy else params.get("temperature"),
+                "top_p": None if greedy else params.get("top_p"),
+                "max_tokens": params.get("max_new_tokens"), "stop": params.get("stop") or None}
         if params.get("top_n_tokens"):
-            kwargs.update(logprobs=True, top_logprobs=params["top_n_tokens"])
-        if params.get("grammar"):
-            kwargs["response_format"] = params["grammar"]
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        if not params.get("top_n_tokens"):
-            # Streaming is the one mode every OpenAI-compatible server speaks (`transformers serve`
-            # answers only with a stream); log-probabilities need the plain response.
-            parts, finish = [], None
-            stream = await client.chat_completion(request.chat, model=self.model, seed=request.seed,
-                                                  stream=True, **kwargs)
-            async for chunk in stream:
-                if not chunk.choices:
-                    continue
-                delta = chunk.choices[0]
-                parts.append(delta.delta.content or "")
-                finish = delta.finish_reason or finish
-            return Generation("".join(parts), None, finish)
-        out = await client.chat_completion(request.chat, model=self.model, seed=request.seed, **kwargs)
-        choice = out.choices[0]
-        usage = getattr(out, "usage", None)
-        top = None
-        if getattr(choice, "logprobs", None) and choice.logprobs.content:
-            top = [[{"text": _field(t, "token"), "logprob": _field(t, "logprob")} for t in _field(step, "top_logprobs")]
-                   for step in choice.logprobs.content]
-        return Generation(choice.message.content or "", getattr(usage, "completion_tokens", None),
-                          choice.finish_reason, logprobs=top)
+            body.update(logprobs=True, top_logprobs=params["top_n_tokens"])
+        body.update(self._constraint(url, params))
+        # Streaming is the one mode every OpenAI-compatible server speaks (`transformers serve`
+        # answers only with a stream); log-probabilities need the plain response
+        body["stream"] = not params.get("top_n_tokens")
+        return {k: v for k, v in body.items() if v is not None and k not in self.dropped[url]}
+
+    async def agenerate(self, requests: list[Request], params: dict[str, Any]) -> list[Generation]:
+        (request,) = requests
+        url = self._pick()
+        self._busy[url] += 1
+        try:
+            gen = await self._post(url, request, params)
+        except RequestError:
+            raise
+        except Exception as e:
+            raise classify_error(e) from e
+        finally:
+            self._busy[url] -= 1
+        gen.endpoint = url
+        return [gen]
+
+    async def _post(self, url: str, request: Request, params: dict[str, Any]) -> Generation:
+        import aiohttp
+
+        for _ in range(len(OPTIONAL_FIELDS) + 1):
+            body = self._body(url, request, params)
+            async with self._session.post(self._chat_url(url), json=body, headers=self._headers_for(url),
+                                          timeout=aiohttp.ClientTimeout(total=self.timeout)) as r:
+                raw = await r.read()
+                status, content_type = r.status, r.headers.get("Content-Type", "")
+                retry_after = r.headers.get("Retry-After")
+            if status == 200:
+                return self._generation(url, raw, content_type)
+            message = _error_message(raw)
+            rejected = [f for f in OPTIONAL_FIELDS if f in body and f in message] if status in (400, 422) else []
+            if not rejected:
+                try:
+                    wait = float(retry_after) if retry_after else None
+                except ValueError:
+                    wait = None
+                raise RequestError(f"HTTP {status}: {message}", retryable=status in RETRYABLE_STATUS,
+                                   reason=f"http_{status}", status=status, retry_after=wait)
+            for field_name in rejected:
+                self._warn_once(url, field_name, f"the server at {url} rejects '{field_name}' ({message[:160]}); "
+                                                 f"sending without it" + (" (answers are parsed)" if field_name in
+                                                 ("response_format", "structured_outputs", "guided_choice",
+                                                  "regex") else ""))
+        raise RequestError(f"HTTP 400: the server at {url} rejects the request", retryable=False, reason="http_400")
+
+    def _generation(self, url: str, raw: bytes, content_type: str) -> Generation:
+        text, finish, tokens, top = read_chat_body(raw, content_type)
+        self.replies += 1
+        if text or top:  # whitespace is a (poor) generation: cleaning drops it, the server is fine
+            return Generation(text, tokens, finish, logprobs=top)
+        self.empty += 1
+        if self.empty >= self.EMPTY_MIN and self.empty * 2 > self.replies:
+            raise RequestError(
+                f"{self.empty} of {self.replies} replies from {url} carried no generated text: the server is likely "
+                f"not answering chat completions for model '{self.model}' (check generate.model, that the model "
+                f"has a chat template, and that the URL is the server's base URL)", retryable=False, reason="empty")
+        raise RequestError(f"empty reply: no generated text in the server's answer ({raw[:120]!r})",
+                           retryable=True, reason="empty")
+
+
+def _error_message(raw: bytes) -> str:
+    """The message of an error body: OpenAI's {error: {message}}, TGI's {error}, vLLM's
+    {message}, FastAPI's {detail}, else the text."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return " ".join(text.split())[:300]
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            return str(err.get("message", err))
+        for key in ("error", "message", "detail"):
+            if data.get(key):
+                return str(data[key])
+    return str(data)[:300]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,8 +710,11 @@ class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model: str, *, batch_size: int = 16, device: str | None = None,
-                 trust_remote_code: bool = False, threads: int | None = None, adapter: str | None = None):
+                 trust_remote_code: bool = False, threads: int | None = None, adapter: str | None = None,
+                 torch_dtype: str | None = None, device_map: str | None = None):
         super().__init__(model)
+        self.torch_dtype = torch_dtype  # "bfloat16", "float16", "float32" or "auto"; None: the library's default
+        self.device_map = device_map  # "auto" spreads a large model over the GPUs (needs accelerate)
         self.adapter = adapter  # a peft LoRA adapter folder (the adapt stage's), merged on load
         self.batch_size = batch_size
         self.threads = threads
@@ -424,7 +741,14 @@ class TransformersBackend(Backend):
         self._tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
-        self._model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        if self.torch_dtype:
+            import torch
+
+            kwargs["dtype"] = self.torch_dtype if self.torch_dtype == "auto" else getattr(torch, self.torch_dtype)
+        if self.device_map:
+            kwargs["device_map"] = self.device_map
+        self._model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         if self.adapter:
             try:
                 from peft import PeftModel
@@ -432,7 +756,7 @@ class TransformersBackend(Backend):
                 raise HfaugError("generate: a LoRA adapter needs peft: pip install 'hfaug[generate]'") from None
             # merged once, so generation runs at the base model's speed
             self._model = PeftModel.from_pretrained(self._model, self.adapter).merge_and_unload()
-        if self.device:
+        if self.device and not self.device_map:  # a device map has placed the weights already
             self._model.to(self.device)
         self._model.eval()
 
@@ -552,7 +876,8 @@ def make_backend(config, *, model: str) -> Backend:
     if config.backend == "transformers":
         return TransformersBackend(model, batch_size=config.batch_size, device=config.device,
                                    trust_remote_code=config.trust_remote_code, threads=config.threads,
-                                   adapter=config.adapter)
+                                   adapter=config.adapter, torch_dtype=config.torch_dtype,
+                                   device_map=config.device_map)
     if config.backend == "dummy":
         return DummyBackend(model, batch_size=config.batch_size)
     import os
@@ -563,10 +888,11 @@ def make_backend(config, *, model: str) -> Backend:
 
         # what the client would read from the login cache on every request, read once
         token = get_token()
-    common = dict(timeout=config.timeout, concurrency=config.concurrency, token=token)
+    common = dict(timeout=config.timeout, concurrency=config.concurrency, token=token,
+                  token_endpoints=list(config.token_endpoints))
     if config.backend == "tgi":
         return TGIBackend(model, list(config.endpoints), prompt_format=config.prompt_format, details=config.details,
-                          **common)
+                          adapter_id=config.adapter_id, **common)
     if config.backend == "openai":
         return OpenAIBackend(model, list(config.endpoints), **common)
     raise HfaugError(f"generate: unknown backend '{config.backend}'")

@@ -5,6 +5,9 @@ A request's key hashes (model, prompt, parameters, seed). The store is one SQLit
 stage's cache folder, in WAL mode with ``synchronous=NORMAL``: each commit survives the process
 being killed (the point here) without an fsync per request, which would cap throughput.
 Failed requests are stored as failed with the error, and are sent again by the next run.
+A reply with no text is never a success: ``put`` stores it as failed, and a success row without
+text (written by an older version) is not returned, so a rerun sends the request again.
+``refresh=True`` reads nothing (every request is sent again) and overwrites what it finishes.
 """
 
 from __future__ import annotations
@@ -26,11 +29,17 @@ def request_key(model: str, messages, params: dict, seed: int) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def usable(output: Any) -> bool:
+    """A reply worth keeping: some text, or log-probabilities to read a label from."""
+    return isinstance(output, dict) and (bool(output.get("text")) or bool(output.get("logprobs")))
+
+
 class RequestCache:
     """Finished requests by key. ``get`` returns only successful ones."""
 
-    def __init__(self, path: str | Path | None, *, readonly: bool = False):
+    def __init__(self, path: str | Path | None, *, readonly: bool = False, refresh: bool = False):
         self.path = str(path) if path else ":memory:"
+        self.refresh = refresh
         if readonly:  # an existing cache, looked at without a write (generate --dry-run)
             self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
             return
@@ -45,20 +54,26 @@ class RequestCache:
         )
 
     def get(self, key: str) -> dict | None:
-        row = self._db.execute("SELECT output FROM requests WHERE key = ? AND status = ?", (key, OK)).fetchone()
-        return json.loads(row[0]) if row else None
+        return self.get_many([key]).get(key)
 
     def get_many(self, keys: list[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}
+        if self.refresh:
+            return out
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
             marks = ",".join("?" * len(chunk))
             for key, output in self._db.execute(
                     f"SELECT key, output FROM requests WHERE status = ? AND key IN ({marks})", (OK, *chunk)):
-                out[key] = json.loads(output)
+                value = json.loads(output)
+                if usable(value):
+                    out[key] = value
         return out
 
     def put(self, key: str, output: dict[str, Any], attempts: int = 1) -> None:
+        if not usable(output):
+            self.put_failed(key, "empty reply: no generated text", attempts)
+            return
         self._db.execute("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, NULL, ?, ?)",
                          (key, OK, json.dumps(output, ensure_ascii=False), attempts, time.time()))
 
@@ -68,6 +83,11 @@ class RequestCache:
             "INSERT INTO requests VALUES (?, ?, NULL, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
             "error = excluded.error, attempts = excluded.attempts, updated = excluded.updated "
             "WHERE requests.status != 'ok'", (key, FAILED, error, attempts, time.time()))
+
+    def discard(self, keys: list[str]) -> None:
+        """Forget finished requests whose answer turned out unusable (an LLM label that names no
+        label), so the next run asks again."""
+        self._db.executemany("DELETE FROM requests WHERE key = ?", [(k,) for k in keys])
 
     def counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())

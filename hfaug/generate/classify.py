@@ -1,7 +1,9 @@
 """LLM labels: ask an LLM which label a text has, answer constrained to the label names.
 
-Where the server supports it (TGI), the answer is held to the label names by a regex grammar;
-elsewhere the answer is parsed (the first label name it starts with). Soft labels come from the
+Where the server supports it, the answer is held to the label names (TGI: a regex grammar or
+``response_format``; vLLM: ``structured_outputs.choice``; SGLang: ``regex``, see
+:class:`.backends.OpenAIBackend`); elsewhere the answer is parsed (the first label name it starts
+with). An answer that names no label is not kept in the request cache: the next run asks again. Soft labels come from the
 token log-probabilities of the first answer step when the backend returns them (TGI
 ``top_n_tokens``, OpenAI ``top_logprobs``, the in-process model's scores): each label takes the
 probability of the most likely listed token that begins its name, renormalised over the labels.
@@ -120,6 +122,7 @@ async def aclassify(dataset: "datasets.Dataset", task: "Task", backend: "Backend
         schema.make_id(task.name, *(dataset[c][i] for c in task.text_columns)) for i in range(len(dataset))]
     rows = {schema.ID: [], LLM_LABEL: [], LLM_SOFT_LABEL: [], LLM_ANSWER: []}
     stats = {"unparsed": 0, "from_logprobs": 0, "failed": 0}
+    unusable: list[str] = []
     for i, key in enumerate(outcome.keys):
         result = outcome.results.get(key)
         if result is None:
@@ -136,11 +139,14 @@ async def aclassify(dataset: "datasets.Dataset", task: "Task", backend: "Backend
             probs = [1.0 if j == label else 0.0 for j in range(task.num_labels)]
         else:
             stats["unparsed"] += 1
+            unusable.append(key)
             probs = [1.0 / task.num_labels] * task.num_labels
         rows[schema.ID].append(ids[i])
         rows[LLM_LABEL].append(label)
         rows[LLM_SOFT_LABEL].append(probs)
         rows[LLM_ANSWER].append(answer)
+    if unusable and cache is not None:
+        cache.discard(unusable)  # an answer naming no label is not a success: asked again next run
     features = datasets.Features({
         schema.ID: datasets.Value("string"),
         LLM_LABEL: datasets.ClassLabel(names=list(task.labels)),

@@ -1,4 +1,4 @@
-"""Cleaning of raw generations, as the paper's authors did it (PAPER.md "Generation"), each rule
+"""Cleaning of raw generations, as the paper's authors did it (arXiv 2407.10582, "Generation"), each rule
 switchable, plus exact and near-duplicate removal. Every dropped text gets a reason.
 
 The rules run in the authors' order: cut the chat scaffolding, keep the text inside quotes / after
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+from ..schema import is_blank
 
 _TAGS = re.compile(r"</?s>|\[/?INST\]|<</?SYS>>|<\|[a-zA-Z_]+\|>|^\s*(?:assistant|user|system)\s*:?\s*$",
                    re.IGNORECASE | re.MULTILINE)
@@ -105,7 +107,7 @@ def clean_text(text: str, config: CleanConfig | None = None) -> tuple[str | None
     t = t.strip()
     if c.collapse_whitespace:
         t = " ".join(t.split())
-    if not t:
+    if is_blank(t):  # also a text of invisible characters (zero-width spaces) only
         return None, "empty"
     if len(t) < c.min_chars:
         return None, "too_short"
@@ -133,11 +135,9 @@ def jaccard(a: set, b: set) -> float:
 
 def duplicates(texts: list[str], config: CleanConfig | None = None) -> dict[int, str]:
     """Indices of texts to drop -> reason (``exact_duplicate`` / ``near_duplicate``); the first
-    of each group is kept. Exact means equal after lowercasing and dropping punctuation."""
-    import zlib
-
-    import numpy as np
-
+    of each group is kept. Exact means equal after lowercasing and dropping punctuation. A text is
+    a near duplicate when the Jaccard similarity of its character 5-gram set with a kept earlier
+    text is at or above the threshold (see :mod:`hfaug.generate.near_dup`)."""
     c = config or CleanConfig()
     drop: dict[int, str] = {}
     if c.dedupe:
@@ -149,27 +149,8 @@ def duplicates(texts: list[str], config: CleanConfig | None = None) -> dict[int,
             seen.add(key)
     if not c.near_duplicates:
         return drop
-    # MinHash LSH: 32 permutations in 16 bands of 2 rows finds pairs well below the threshold,
-    # and every candidate is confirmed by its exact Jaccard similarity
-    num_perm, rows = 32, 2
-    prime = np.uint64((1 << 31) - 1)
-    rng = np.random.default_rng(0)
-    a = rng.integers(1, (1 << 31) - 1, num_perm, dtype=np.uint64)
-    b = rng.integers(0, (1 << 31) - 1, num_perm, dtype=np.uint64)
-    buckets: dict[tuple, list[int]] = {}
-    kept_shingles: dict[int, set[str]] = {}
-    for i, text in enumerate(texts):
-        if i in drop:
-            continue
-        sh = shingles(text)
-        h = np.fromiter((zlib.crc32(s.encode()) & 0x7FFFFFFF for s in sh), dtype=np.uint64, count=len(sh))
-        sig = ((a[:, None] * h[None, :] + b[:, None]) % prime).min(axis=1)
-        keys = [(band, sig[band * rows:(band + 1) * rows].tobytes()) for band in range(num_perm // rows)]
-        candidates = {j for key in keys for j in buckets.get(key, ())}
-        if any(jaccard(sh, kept_shingles[j]) >= c.near_duplicate_threshold for j in candidates):
-            drop[i] = "near_duplicate"
-            continue
-        kept_shingles[i] = sh
-        for key in keys:
-            buckets.setdefault(key, []).append(i)
+    from .near_dup import near_duplicates
+
+    for i in near_duplicates(texts, c.near_duplicate_threshold, skip=drop):
+        drop[i] = "near_duplicate"
     return drop

@@ -4,22 +4,35 @@ cache written as each request finishes, and a progress bar with rows done, failu
 A validation error (422 and the like) stops new requests, lets those in flight finish (and be
 cached), then ends the run with one line quoting the server. A request still failing after its
 retries is recorded as failed in the cache, never turned into an empty row, and the next run
-sends it again.
+sends it again. When every recent request to every endpoint failed to connect, a circuit breaker
+(:mod:`.endpoints`) ends the run early, naming the URLs.
+
+Counts (sent, retries, failed, by reason) add up over every run that used the same cache, in
+``<cache>.counts.json`` next to it (:class:`Ledger`), so a stage resumed after a crash or a rerun
+reports the whole effort, not only its last run's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import random
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..prompts import Request
 from .backends import Backend, RequestError, classify_error
 from .cache import RequestCache, request_key
+from .endpoints import Breaker
+
+#: seconds of nothing but connection failures on every endpoint before a run stops
+UNREACHABLE_AFTER = 30.0
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +79,67 @@ def run_sync(coro):
     return box["value"]
 
 
+class Ledger:
+    """Request counts summed over every run that used one cache (a JSON file beside it).
+
+    Saved at most every ``every`` seconds while requests finish and at the end, so a killed run
+    loses at most that much of its counts (its finished requests are in the cache regardless).
+    """
+
+    KEYS = ("sent", "retries", "failed")  # and retry_<reason>, failed_<reason>; "cached" is per run
+
+    def __init__(self, path: Path, every: float = 2.0):
+        self.path = path
+        self.every = every
+        self.base = self.read(path)
+        self._saved = time.monotonic()
+
+    @classmethod
+    def for_cache(cls, cache: RequestCache | None) -> "Ledger | None":
+        if cache is None or cache.path == ":memory:":
+            return None
+        return cls(cls.path_for(cache.path))
+
+    @staticmethod
+    def path_for(cache_path: str | Path) -> Path:
+        path = Path(cache_path)
+        return path.with_name(f"{path.stem}.counts.json")
+
+    @staticmethod
+    def read(path: Path) -> Counter:
+        try:
+            return Counter(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return Counter()
+
+    def totals(self, stats: Counter) -> Counter:
+        out = Counter(self.base)
+        for key, value in stats.items():
+            if key in self.KEYS or key.startswith(("retry_", "failed_")):
+                out[key] += value
+        return out
+
+    def save(self, stats: Counter, *, force: bool = False) -> None:
+        if not force and time.monotonic() - self._saved < self.every:
+            return
+        self._saved = time.monotonic()
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(dict(sorted(self.totals(stats).items()))), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
 def keys_for(backend_model: str, requests: list[Request], params: dict) -> list[str]:
     return [request_key(backend_model, r.messages, params, r.seed) for r in requests]
 
 
 async def run_requests(backend: Backend, requests: list[Request], params: dict[str, Any], *,
                        cache: RequestCache | None, concurrency: int = 32, retry: RetryPolicy | None = None,
-                       progress: bool = True, desc: str = "generate", cache_model: str | None = None) -> Outcome:
-    """Send every request not already in ``cache``; returns what finished, failed and how."""
+                       progress: bool = True, desc: str = "generate", cache_model: str | None = None,
+                       unreachable_after: float = UNREACHABLE_AFTER) -> Outcome:
+    """Send every request not already in ``cache``; returns what finished, failed and how.
+
+    ``unreachable_after``: seconds of only connection failures on every endpoint before the run
+    stops (``outcome.fatal`` with reason ``unreachable``); 0 never stops."""
     retry = retry or RetryPolicy()
     keys = keys_for(cache_model or backend.model, requests, params)
     outcome = Outcome(keys=keys)
@@ -103,10 +169,14 @@ async def run_requests(backend: Backend, requests: list[Request], params: dict[s
     for item in todo:
         queue.put_nowait(item)
     stop = asyncio.Event()
+    breaker = Breaker(getattr(backend, "endpoints", None), unreachable_after)
+    ledger = Ledger.for_cache(cache)
 
     def postfix():
         if bar is not None:
             bar.set_postfix(failed=len(outcome.failed), retries=outcome.stats["retries"], refresh=False)
+        if ledger is not None:
+            ledger.save(outcome.stats)
 
     async def send(batch: list[tuple[str, Request]]) -> None:
         attempt = 0
@@ -121,6 +191,10 @@ async def run_requests(backend: Backend, requests: list[Request], params: dict[s
                 raise
             except Exception as e:
                 err = classify_error(e)
+                breaker.failed(e, err.reason)
+                if breaker.tripped and outcome.fatal is None:
+                    outcome.fatal = RequestError(breaker.message(), retryable=False, reason="unreachable")
+                    stop.set()  # wakes the requests waiting to retry: they end as failed
                 if err.retryable and attempt < retry.max_retries and not stop.is_set():
                     outcome.stats["retries"] += len(batch)
                     outcome.stats[f"retry_{err.reason}"] += len(batch)
@@ -128,7 +202,10 @@ async def run_requests(backend: Backend, requests: list[Request], params: dict[s
                     wait = retry.delay(attempt)
                     if err.retry_after:  # the server knows best when it will have room again
                         wait = max(wait, min(err.retry_after, retry.backoff_max))
-                    await asyncio.sleep(wait)
+                    try:
+                        await asyncio.wait_for(stop.wait(), wait)
+                    except asyncio.TimeoutError:
+                        pass
                     attempt += 1
                     continue
                 for key, _ in batch:
@@ -142,6 +219,7 @@ async def run_requests(backend: Backend, requests: list[Request], params: dict[s
                     stop.set()
                 postfix()
                 return
+            breaker.alive()
             for (key, _), gen in zip(batch, gens):
                 result = gen.to_dict()
                 outcome.results[key] = result
@@ -149,6 +227,8 @@ async def run_requests(backend: Backend, requests: list[Request], params: dict[s
                     cache.put(key, result, attempt + 1)
             if bar is not None:
                 bar.update(len(batch))
+            if ledger is not None:
+                ledger.save(outcome.stats)
             return
 
     async def worker() -> None:
@@ -163,6 +243,8 @@ async def run_requests(backend: Backend, requests: list[Request], params: dict[s
     try:
         await asyncio.gather(*(worker() for _ in range(workers)))
     finally:
+        if ledger is not None:
+            ledger.save(outcome.stats, force=True)
         if bar is not None:
             postfix()
             bar.refresh()
