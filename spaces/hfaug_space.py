@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("hfaug.serve")  # one name, under `hfaug serve` and on a Space
 
 #: file names per variant, Optimum's: the int8 model sits beside the fp32 one in onnx/
 ONNX_FILES = {"int8": "model_quantized.onnx", "fp32": "model.onnx"}
