@@ -14,9 +14,15 @@ and ``hfaug.run("demo")`` runs a whole recipe. Stage modules are imported on fir
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# datasets pings a download counter on S3 whenever it loads a local json/csv/parquet file (its
+# packaged builders): a request leaving the machine for local data, the offline demo included.
+# Off unless the user turns it on.
+os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "0")
 
 _STAGE_MODULES = (
     "source", "generate", "teacher", "label", "translate", "select", "publish",

@@ -25,6 +25,15 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" (valid: {', '.join(choices)})" if choices else ""
 
 
+class HubError(HfaugError):
+    """The Hub (or the network to it) failed after retries: not the recipe's fault, so its own exit code.
+
+    The message names what was done and what was not, and the command that finishes the work.
+    """
+
+    exit_code = 3
+
+
 def storage_problem(exc: BaseException, where: object = None) -> str | None:
     """One line for a storage failure anywhere in ``exc``'s chain (a full disk, a folder that may
     not be written), or None when it is something else. ``where`` (the run directory) stands in

@@ -113,7 +113,9 @@ def quantize_onnx(onnx_dir: str | Path, out_dir: str | Path, quantization: str =
     quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name="model.onnx")
     quantizer.quantize(qconfig, save_dir=out_dir, file_suffix=None)  # keeps the name model.onnx
     for item in onnx_dir.iterdir():  # tokenizer and config travel with the model
-        if item.is_file() and item.suffix != ".onnx" and not (out_dir / item.name).exists():
+        # not the fp32 graph's external data (model.onnx_data, GBs): the int8 model is one file
+        if (item.is_file() and item.suffix != ".onnx" and not item.name.endswith(("_data", ".data"))
+                and not (out_dir / item.name).exists()):
             shutil.copy2(item, out_dir / item.name)
     return out_dir
 

@@ -56,7 +56,7 @@ PIPELINE: tuple[Stage, ...] = (
           "export students to ONNX (optionally int8) behind a parity gate"),
     Stage("evaluate", "evaluate", "hfaug.evaluate:run", ("teacher", "distill", "export"),
           "accuracy and macro-F1 per target language"),
-    Stage("publish-model", "publish", "hfaug.publish:run_models", ("distill", "export", "evaluate"),
+    Stage("publish-model", "publish", "hfaug.publish:run_models", ("publish", "distill", "export", "evaluate"),
           "push the students as versioned Hub model repos"),
 )
 

@@ -14,6 +14,11 @@ then, when a repo id and a token are there, pushes it as ONE commit and tags tha
 error and the server is left unchanged. Transient server failures are retried; if the commit
 still fails nothing is tagged and earlier versions are untouched.
 
+When the recipe trains students, the dataset is not pushed here: ``publish-model`` pushes it with
+the students as one release (:func:`release`), after every gate (export parity included) passed,
+under one tag on every repo, resumable after a failure. Hub failures raise
+:class:`~hfaug.errors.HubError` (exit code 3), never the bad-recipe code 2.
+
 Configs: one per selected dataset (``hi-divk-2500``, ``hi-all``, ...), ``en-candidates`` (the
 English generations with teacher soft labels) and ``source-translated`` (the translated source
 data, splits train/validation, with a ``lang`` column).
@@ -41,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import schema
-from .errors import HfaugError
+from .errors import HfaugError, HubError
 from .runs import StageContext, StageResult
 
 if TYPE_CHECKING:
@@ -145,9 +150,29 @@ def redact(data: Any, secrets: tuple[str, ...] = ()) -> Any:
     return data
 
 
-def _secrets() -> tuple[str, ...]:
+def _secrets(recipe: Any = None) -> tuple[str, ...]:
+    """The token, and the values of the recipe's secret-looking keys (to blank wherever they recur)."""
     token = hub_token()
-    return (token,) if token else ()
+    found = [token] if token else []
+
+    def walk(data: Any) -> None:
+        if isinstance(data, dict):
+            for k, v in data.items():
+                if isinstance(k, str) and SECRET_KEY_RE.search(k) and isinstance(v, str) and len(v) >= 4:
+                    found.append(v)
+                else:
+                    walk(v)
+        elif isinstance(data, (list, tuple)):
+            for v in data:
+                walk(v)
+
+    walk(getattr(recipe, "raw", None))
+    return tuple(sorted(set(found), key=len, reverse=True))  # longest first: no partial leftovers
+
+
+def scrub(text: str, ctx: StageContext) -> str:
+    """Free text (cards, commit messages) with every secret blanked, as recipe.yaml has it."""
+    return redact(text, _secrets(ctx.recipe))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +253,17 @@ def write_data(configs: dict[str, dict[str, "datasets.Dataset"]], folder: Path) 
     return files
 
 
+#: the Hub's size_categories, with the row count each one ends below
+SIZE_CATEGORIES = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
+                   (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B"), (10**10, "1B<n<10B"),
+                   (10**11, "10B<n<100B"), (10**12, "100B<n<1T")]
+
+
+def size_category(rows: int) -> str:
+    """The Hub's size category of a dataset with ``rows`` rows."""
+    return next((c for limit, c in SIZE_CATEGORIES if rows < limit), "n>1T")
+
+
 def card_metadata(configs: dict[str, dict[str, "datasets.Dataset"]], files: dict[str, dict[str, list[str]]],
                   task: "Task", languages: list[str], license: str, pretty_name: str) -> str:
     """The card's YAML: configs with data_files, dataset_info with features and splits, tags."""
@@ -236,18 +272,16 @@ def card_metadata(configs: dict[str, dict[str, "datasets.Dataset"]], files: dict
     from huggingface_hub import DatasetCardData
 
     total = sum(len(ds) for splits in configs.values() for ds in splits.values())
-    size = next(c for limit, c in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
-                                   (1e7, "1M<n<10M"), (float("inf"), "n>1T")) if total < limit)
+    size = size_category(total)
     card = DatasetCardData(
         language=languages, license=license, pretty_name=pretty_name,
         task_categories=["text-classification"], task_ids=[TASK_IDS[task.name]] if task.name in TASK_IDS else None,
         size_categories=[size], tags=["hfaug", "synthetic", "llm-generated", "cross-lingual", "data-selection"],
-        # the first selected subset is what load_dataset(repo) gives without a config name
+        # no default config: load_dataset(repo) alone lists the choices rather than silently picking one subset
         configs=[{"config_name": name,
-                  **({"default": True} if i == 0 and name not in (CANDIDATES_CONFIG, SOURCE_CONFIG) else {}),
                   "data_files": [{"split": split, "path": f"data/{name}/{split}-*.parquet"}
                                  for split in files[name]]}
-                 for i, name in enumerate(configs)],
+                 for name in configs],
     )
     infos = DatasetInfosDict()
     for name, splits in configs.items():
@@ -415,7 +449,7 @@ def build_layout(ctx: StageContext, folder: Path, *, repo_id: str | None, tag: s
     card = dataset_card(configs, files, ctx.task, license=config.license, pretty_name=pretty,
                         description=ctx.recipe.run.description, provenance=provenance(ctx, configs),
                         figures=figures, repo_id=repo_id, revision=tag, local_path=None if repo_id else local_path)
-    (folder / "README.md").write_text(card, encoding="utf-8")
+    (folder / "README.md").write_text(scrub(card, ctx), encoding="utf-8")
     return {name: {split: len(ds) for split, ds in splits.items()} for name, splits in configs.items()}
 
 
@@ -423,7 +457,7 @@ def recipe_yaml(ctx: StageContext) -> str:
     """The resolved recipe as uploaded: secret-looking keys blanked, the token nowhere."""
     import yaml
 
-    data = redact(ctx.recipe.raw, _secrets())
+    data = redact(ctx.recipe.raw, _secrets(ctx.recipe))
     data.pop("output_dir", None)  # a path of this machine; reproduce chooses its own folder
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
@@ -493,15 +527,12 @@ class Publisher:
             raise
         except Exception as e:  # noqa: BLE001 - one line for the user; nothing was tagged
             attempts = f" after {self.retries + 1} attempts" if _transient(e) and self.retries else ""
-            raise HfaugError(f"publish: {what} on {hub_endpoint()} for {self.repo_id} failed{attempts}: "
+            raise HubError(f"publish: {what} on {hub_endpoint()} for {self.repo_id} failed{attempts}: "
                              f"{_short(e)}; no tag was created and earlier versions are unchanged") from e
 
     def prepare(self, tag: str | None) -> str:
         """Create the repo if needed and return the tag this publish will get (never an existing one)."""
-        self._call("create repo", lambda: self.api.create_repo(self.repo_id, repo_type=self.repo_type,
-                                                               private=self.private, exist_ok=True))
-        refs = self._call("list refs", lambda: self.api.list_repo_refs(self.repo_id, repo_type=self.repo_type))
-        tags = {t.name: t.target_commit for t in refs.tags}
+        tags = self.tags()
         if tag is None:
             return next_tag(tags)
         if tag in tags:
@@ -509,8 +540,21 @@ class Publisher:
                              "tags are never moved: choose a new publish.tag, or leave it empty for the next vN")
         return tag
 
+    def tags(self) -> dict[str, str]:
+        """Create the repo if needed; its tags as {name: commit}."""
+        self._call("create repo", lambda: self.api.create_repo(self.repo_id, repo_type=self.repo_type,
+                                                               private=self.private, exist_ok=True))
+        refs = self._call("list refs", lambda: self.api.list_repo_refs(self.repo_id, repo_type=self.repo_type))
+        return {t.name: t.target_commit for t in refs.tags}
+
     def push(self, folder: Path, tag: str, message: str) -> str:
         """One commit replacing the repo's files with ``folder``'s, then the tag; returns the commit sha."""
+        sha = self.commit(folder, message)
+        self.tag(sha, tag, message)
+        return sha
+
+    def commit(self, folder: Path, message: str) -> str:
+        """One commit replacing the repo's files with ``folder``'s; returns its sha."""
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         local = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
@@ -523,9 +567,10 @@ class Publisher:
             ops += [CommitOperationDelete(path_in_repo=p) for p in stale]
             return self.api.create_commit(self.repo_id, ops, commit_message=message, repo_type=self.repo_type)
 
-        info = self._call("commit", commit)
-        sha = info.oid
+        return self._call("commit", commit).oid
 
+    def tag(self, sha: str, tag: str, message: str) -> None:
+        """Tag commit ``sha``; a retry after a lost response finds its own tag."""
         def create_tag():
             from huggingface_hub.errors import HfHubHTTPError
 
@@ -534,14 +579,12 @@ class Publisher:
             except HfHubHTTPError as e:
                 if _status(e) != 409:
                     raise
-                # a retry after a lost response finds its own tag; anything else is a race we lost
                 refs = self.api.list_repo_refs(self.repo_id, repo_type=self.repo_type)
                 if {t.name: t.target_commit for t in refs.tags}.get(tag) != sha:
                     raise HfaugError(f"publish: tag '{tag}' was created on {self.repo_id} by someone else "
                                      "meanwhile; tags are never moved: publish again for the next version") from None
 
         self._call("create tag", create_tag)
-        return sha
 
 
 def _write_local(folder: Path, target: Path) -> None:
@@ -573,7 +616,12 @@ def run(ctx: StageContext) -> StageResult:
         logger.warning("publish: no Hub token (set HF_TOKEN or run `huggingface-cli login`); "
                        "writing the local folder only, %s is not pushed", config.repo_id)
     publisher = tag = None
-    if push:
+    if push and releases_students(ctx):
+        # the dataset goes out with the students, after every gate (export parity included) passed
+        push = False
+        logger.info("publish: %s is pushed together with the students by publish-model (one release)",
+                    config.repo_id)
+    elif push:
         publisher = Publisher(config.repo_id, "dataset", token=token, private=config.private,
                               retries=config.retries, retry_wait=config.retry_wait)
         tag = publisher.prepare(config.tag)
@@ -585,7 +633,7 @@ def run(ctx: StageContext) -> StageResult:
     where = str(Path(config.local_dir) if config.local_dir else ctx.run.stage_dir(ctx.stage) / LAYOUT_DIR)
     hints = []
     if publisher is not None:
-        sha = publisher.push(folder, tag, config.commit_message or f"hfaug publish {tag}")
+        sha = publisher.push(folder, tag, scrub(config.commit_message or f"hfaug publish {tag}", ctx))
         metrics.update({"repo_id": config.repo_id, "tag": tag, "commit": sha, "endpoint": hub_endpoint()})
         first = next(iter(counts))
         hints.append(f"load_dataset({config.repo_id!r}, {first!r}, revision={tag!r})")
@@ -621,8 +669,39 @@ def students(ctx: StageContext) -> dict[str, dict[str, Path]]:
     return found
 
 
+ONNX_SUBFOLDER = "onnx"
+INT8_FILE = "model_quantized.onnx"
+
+
+def model_layout(parts: dict[str, Path], folder: Path) -> Path:
+    """A student's model repo in ``folder``: the PyTorch model at the root, the ONNX files in onnx/.
+
+    Optimum's names, so ``ORTModelForSequenceClassification.from_pretrained(repo, subfolder="onnx",
+    file_name="model_quantized.onnx")`` and the Space (spaces/hfaug_space.py) read the same files::
+
+        onnx/model.onnx (+ model.onnx_data when the fp32 graph is over 2 GB)   fp32
+        onnx/model_quantized.onnx                                              dynamic int8, one file
+        onnx/config.json, onnx/tokenizer.json, ...                             shared by both
+    """
+    shutil.copytree(parts["model"], folder)
+    onnx = folder / ONNX_SUBFOLDER
+    if "onnx" in parts:
+        shutil.copytree(parts["onnx"], onnx, dirs_exist_ok=True)
+    if "int8" in parts:
+        onnx.mkdir(exist_ok=True)
+        source = parts["int8"] / "model.onnx"
+        if source.is_file():
+            shutil.copy2(source, onnx / INT8_FILE)
+        for item in parts["int8"].iterdir():
+            # config and tokenizer when there is no fp32 export; never the fp32 graph's external data
+            if (item.is_file() and item.suffix != ".onnx" and not item.name.endswith(("_data", ".data"))
+                    and not (onnx / item.name).exists()):
+                shutil.copy2(item, onnx / item.name)
+    return folder
+
+
 def model_card_context(ctx: StageContext, name: str, *, repo_id: str | None, revision: str | None,
-                       onnx: bool) -> dict[str, Any]:
+                       onnx: bool, dataset: tuple[str, str] | None = None) -> dict[str, Any]:
     """What model_cards/model_card.md needs, from the run (used when a student has no README.md)."""
     import json
 
@@ -632,6 +711,8 @@ def model_card_context(ctx: StageContext, name: str, *, repo_id: str | None, rev
     saved = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
     test = saved.get("test") if isinstance(saved.get("test"), dict) else {}
     published = (ctx.run.manifest("publish") or {}).get("metrics") or {}
+    if dataset is not None:  # released together: the dataset's repo and the same tag
+        published = {"repo_id": dataset[0], "tag": dataset[1]}
     datasets_used = []
     if published.get("repo_id"):
         datasets_used.append({"name": f"{name} (synthetic, teacher soft labels)", "path": published["repo_id"],
@@ -654,6 +735,96 @@ def model_card_context(ctx: StageContext, name: str, *, repo_id: str | None, rev
     }
 
 
+def releases_students(ctx: StageContext) -> bool:
+    """Whether publish-model pushes the dataset together with the students (one release, one tag)."""
+    config: PublishConfig = ctx.config
+    return bool(config.models and ctx.recipe.has("distill"))
+
+
+RELEASE_FILE = "release.json"
+
+
+@dataclass
+class Target:
+    """One repo of a release: where it goes and how to build its folder once the tag is known."""
+
+    repo_id: str
+    repo_type: str
+    build: Callable[[str], Path]
+
+
+def release(ctx: StageContext, targets: list[Target], token: str) -> tuple[str, dict[str, str]]:
+    """Push every repo of a release under ONE tag; returns (tag, {repo_id: commit}).
+
+    The tag is chosen (or checked free) on every repo before anything is pushed. Progress goes to
+    ``cache/<stage>/release.json`` after each commit and tag, so a rerun finishes a half-done
+    release with the same tag instead of starting a new version, and a repo already tagged by this
+    release is not pushed again. The stage's old manifest is removed first: a failed release is
+    never "unchanged, skipped".
+    """
+    import json
+
+    from .runs import MANIFEST
+
+    config: PublishConfig = ctx.config
+    publishers = {t.repo_id: Publisher(t.repo_id, t.repo_type, token=token, private=config.private,
+                                       retries=config.retries, retry_wait=config.retry_wait) for t in targets}
+    tags = {repo: p.tags() for repo, p in publishers.items()}
+    path = ctx.cache_dir / RELEASE_FILE
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if record.get("repos", {}).keys() == set(publishers) and config.tag in (None, record.get("tag")):
+        tag = record["tag"]
+        logger.info("publish: finishing the half-done release %s", tag)
+    else:
+        tag = config.tag or next_tag({t for repo_tags in tags.values() for t in repo_tags})
+        record = {"tag": tag, "repos": dict.fromkeys(publishers)}
+    for repo, repo_tags in tags.items():
+        if tag in repo_tags and repo_tags[tag] != record["repos"].get(repo):
+            raise HfaugError(f"publish: tag '{tag}' already exists on {repo} (commit {repo_tags[tag][:8]}); "
+                             "tags are never moved: choose a new publish.tag, or leave it empty for the next vN")
+    path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    (ctx.run.stage_dir(ctx.stage) / MANIFEST).unlink(missing_ok=True)
+    message = scrub(config.commit_message or f"hfaug publish {tag}", ctx)
+    for target in targets:
+        repo, publisher = target.repo_id, publishers[target.repo_id]
+        if tags[repo].get(tag) == record["repos"][repo] is not None:
+            logger.info("publish: %s@%s was pushed by an earlier attempt", repo, tag)
+            continue
+        if record["repos"][repo] is None:
+            record["repos"][repo] = publisher.commit(target.build(tag), message)
+            path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        try:
+            publisher.tag(record["repos"][repo], tag, message)
+        except HubError as e:
+            raise HubError(f"{e}. Commit {record['repos'][repo][:8]} of {repo} is pushed but not tagged '{tag}'; "
+                           f"rerun `hfaug publish-model --config {ctx.recipe.ref}` (or the whole run) to finish release {tag}") from None
+    path.unlink()
+    return tag, record["repos"]
+
+
+def release_section(tag: str, dataset: str | None, models: list[str]) -> str:
+    """The card section that names every repo of the release (each card names the others)."""
+    parts = ([f"the dataset [`{dataset}`](https://huggingface.co/datasets/{dataset}/tree/{tag})"] if dataset else [])
+    parts += [f"the student [`{m}`](https://huggingface.co/{m}/tree/{tag})" for m in models]
+    return (f"\n\n## Release {tag}\n\nThis repo is one part of hfaug release `{tag}`: {', '.join(parts)}. "
+            f"Every part carries the tag `{tag}`; load them with `revision=\"{tag}\"`.\n")
+
+
+def set_card_license(card: str, license: str) -> str:
+    """The card with ``license`` in its YAML front matter (publish.license wins over the student's own)."""
+    import yaml
+
+    if card.startswith("---\n") and (end := card.find("\n---", 4)) != -1:
+        try:
+            meta = yaml.safe_load(card[4:end]) or {}
+        except yaml.YAMLError:
+            meta = None
+        if isinstance(meta, dict):
+            meta["license"] = license
+            return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + card[end + 1:]
+    return f"---\nlicense: {license}\n---\n" + card
+
+
 def run_models(ctx: StageContext) -> StageResult:
     """The ``publish-model`` stage: each student (plus its ONNX export under onnx/) as a model repo."""
     from .cards import render
@@ -671,43 +842,68 @@ def run_models(ctx: StageContext) -> StageResult:
     push = config.repo_id is not None and config.local_dir is None and token is not None
     if config.repo_id and token is None and config.local_dir is None:
         logger.warning("publish-model: no Hub token; writing local folders only")
-    metrics: dict[str, Any] = {}
-    hints = []
-    for name, parts in found.items():
+    repos = {}
+    for name in found:
         repo_id = config.model_repo.format(repo_id=config.repo_id or "", name=name) if config.repo_id else None
         if repo_id is not None and not REPO_ID_RE.match(repo_id):
             raise HfaugError(f"publish.model_repo gives '{repo_id}' for student '{name}', not a 'user/name' repo id")
-        publisher = tag = None
-        if push:
-            publisher = Publisher(repo_id, "model", token=token, private=config.private,
-                                  retries=config.retries, retry_wait=config.retry_wait)
-            tag = publisher.prepare(config.tag)
+        repos[name] = repo_id
+    dataset = config.repo_id if push and releases_students(ctx) else None
+
+    def build_student(name: str, tag: str | None) -> Path:
+        parts = found[name]
         folder = ctx.out_dir / LAYOUT_DIR / name
-        shutil.copytree(parts["model"], folder)
-        if "onnx" in parts:
-            shutil.copytree(parts["onnx"], folder / "onnx")
-        if "int8" in parts:  # Optimum's naming: onnx/model_quantized.onnx beside onnx/model.onnx
-            (folder / "onnx").mkdir(exist_ok=True)
-            for item in parts["int8"].glob("*.onnx"):
-                shutil.copy2(item, folder / "onnx" / f"{item.stem}_quantized.onnx")
-        if not (folder / "README.md").exists():
-            context = model_card_context(ctx, name, repo_id=repo_id, revision=tag,
-                                         onnx="onnx" in parts or "int8" in parts)
-            (folder / "README.md").write_text(render("model_card.md", **context), encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        model_layout(parts, folder)
+        card_path = folder / "README.md"
+        if card_path.exists():
+            card = set_card_license(card_path.read_text(encoding="utf-8"), config.license)
+        else:
+            card = render("model_card.md", **model_card_context(
+                ctx, name, repo_id=repos[name], revision=tag, onnx="onnx" in parts or "int8" in parts,
+                dataset=(dataset, tag) if dataset else None))
+        if tag is not None:
+            card = card.rstrip("\n") + release_section(tag, dataset, [r for n, r in repos.items() if n != name])
+        card_path.write_text(scrub(card, ctx), encoding="utf-8")
+        return folder
+
+    def build_dataset(tag: str) -> Path:
+        folder = ctx.out_dir / "dataset"
+        if folder.exists():
+            shutil.rmtree(folder)
+        build_layout(ctx, folder, repo_id=dataset, tag=tag)
+        card = folder / "README.md"
+        card.write_text(scrub(card.read_text(encoding="utf-8").rstrip("\n") + release_section(tag, None, list(repos.values())), ctx),
+                        encoding="utf-8")
+        return folder
+
+    metrics: dict[str, Any] = {}
+    hints = []
+    tag, commits = None, {}
+    if push:
+        targets = [Target(dataset, "dataset", build_dataset)] if dataset else []
+        targets += [Target(repos[name], "model", lambda t, n=name: build_student(n, t)) for name in found]
+        tag, commits = release(ctx, targets, token)
+    for name, parts in found.items():
+        folder = build_student(name, tag)  # the local copy, as pushed (or as it would be)
         entry: dict[str, Any] = {"local_dir": str(ctx.run.stage_dir(ctx.stage) / LAYOUT_DIR / name),
                                  "onnx": "onnx" in parts, "int8": "int8" in parts}
         if config.local_dir is not None:
             target = Path(config.local_dir).with_name(f"{Path(config.local_dir).name}-{name}")
             _write_local(folder, target)
             entry["local_dir"] = str(target)
-        if publisher is not None:
-            sha = publisher.push(folder, tag, config.commit_message or f"hfaug publish {tag}")
-            entry.update({"repo_id": repo_id, "tag": tag, "commit": sha})
-            hints.append(f"AutoModelForSequenceClassification.from_pretrained({repo_id!r}, revision={tag!r})")
+        if push:
+            entry.update({"repo_id": repos[name], "tag": tag, "commit": commits[repos[name]]})
+            hints.append(f"AutoModelForSequenceClassification.from_pretrained({repos[name]!r}, revision={tag!r})")
         else:
             hints.append(f"AutoModelForSequenceClassification.from_pretrained({entry['local_dir']!r})")
         metrics[name] = entry
-    return StageResult(metrics={"students": metrics}, extra={"next": hints})
+    result: dict[str, Any] = {"students": metrics}
+    if dataset:
+        result["dataset"] = {"repo_id": dataset, "tag": tag, "commit": commits[dataset], "endpoint": hub_endpoint()}
+        hints.insert(0, f"load_dataset({dataset!r}, <config>, revision={tag!r})")
+    return StageResult(metrics=result, extra={"next": hints})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -751,7 +947,12 @@ def reproduce(repo: str, revision: str = "main", output_dir: str | Path | None =
 
 def _download_recipe(repo_id: str, revision: str) -> str:
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     if constants.HF_HUB_OFFLINE:
         raise HfaugError(f"reproduce: HF_HUB_OFFLINE is set, so {repo_id} cannot be downloaded; unset it, "
@@ -761,8 +962,14 @@ def _download_recipe(repo_id: str, revision: str) -> str:
         return api.hf_hub_download(repo_id, RECIPE_FILE, repo_type="dataset", revision=revision)
     except RevisionNotFoundError:
         raise HfaugError(f"reproduce: {repo_id} has no revision '{revision}'") from None
+    except LocalEntryNotFoundError as e:  # the server or the network failed (not a missing file)
+        raise HubError(f"reproduce: downloading {RECIPE_FILE} of {repo_id}@{revision} from {hub_endpoint()} "
+                       f"failed: {_short(e)}; try again later") from None
     except EntryNotFoundError:
         raise HfaugError(f"reproduce: {repo_id}@{revision} has no {RECIPE_FILE}; was it published by hfaug?") from None
     except RepositoryNotFoundError:
         raise HfaugError(f"reproduce: dataset repo {repo_id} not found on {hub_endpoint()} "
                          "(or it is private: set HF_TOKEN)") from None
+    except Exception as e:  # noqa: BLE001 - the server or the network, not the user's input
+        raise HubError(f"reproduce: downloading {RECIPE_FILE} of {repo_id}@{revision} from {hub_endpoint()} "
+                       f"failed: {_short(e)}; try again later") from None

@@ -1,4 +1,8 @@
-"""Serve exported students in a Gradio app: the Space in spaces/ and ``hfaug serve`` share this code.
+"""Serve exported students in a Gradio app: ``hfaug serve`` runs the Space's own program.
+
+The predictor (onnxruntime + tokenizers), the model references and the app live in
+spaces/hfaug_space.py, so the Space deploys from its folder with published packages only; this
+module loads that one file and adds what a run needs (its exported students, the CLI's summary).
 
 ``build_demo(models)`` makes the app: one text box (premise and hypothesis for NLI), a model
 choice, label probabilities out, examples per language, and an API endpoint (``/predict``) that
@@ -16,11 +20,14 @@ Gradio's queue with a concurrency limit, so a burst of callers waits instead of 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import HfaugError, did_you_mean
@@ -28,49 +35,34 @@ from .errors import HfaugError, did_you_mean
 if TYPE_CHECKING:
     import gradio as gr
 
-    from .predict import OnnxClassifier
     from .runs import Run
 
 logger = logging.getLogger(__name__)
 
-NLI_LABELS = {"entailment", "neutral", "contradiction"}
 
-#: a few examples per language and task (from the packaged demo data); the Space shows them by language
-EXAMPLES: dict[str, dict[str, list[list[str]]]] = {
-    "sentiment": {
-        "English": [
-            ["This e-reader is light, the screen is easy on the eyes, and the battery lasts for weeks."],
-            ["A boring, confusing horror film with no scares and terrible acting from the whole cast."],
-        ],
-        "Hindi": [
-            ["यह होटल बहुत साफ़-सुथरा था और कर्मचारियों का व्यवहार बेहद अच्छा था।"],
-            ["होटल का कमरा गंदा था और शिकायत करने पर भी किसी ने ध्यान नहीं दिया।"],
-        ],
-        "Marathi": [
-            ["हे हॉटेल अतिशय स्वच्छ होते आणि कर्मचाऱ्यांचे वागणे खूप चांगले होते."],
-            ["हॉटेलची खोली अस्वच्छ होती आणि तक्रार करूनही कोणी लक्ष दिले नाही."],
-        ],
-    },
-    "nli": {
-        "English": [
-            ["The cable car to the summit runs every fifteen minutes and stops operating when winds are strong.",
-             "Strong winds can stop the cable car from running."],
-            ["The cable car to the summit runs every fifteen minutes and stops operating when winds are strong.",
-             "The cable car runs only once a day."],
-        ],
-        "Hindi": [
-            ["दिल्ली से मनाली जाने वाली बस रात आठ बजे चलती है और अगली सुबह पहुँचती है।", "मनाली की बस रात भर सफ़र करती है।"],
-            ["दिल्ली से मनाली जाने वाली बस रात आठ बजे चलती है और अगली सुबह पहुँचती है।",
-             "मनाली जाने वाली बस सुबह दिल्ली से रवाना होती है।"],
-        ],
-        "Swahili": [
-            ["Basi la kwenda Mombasa linaondoka Nairobi saa tatu usiku na kufika asubuhi.",
-             "Basi hilo husafiri wakati wa usiku."],
-            ["Basi la kwenda Mombasa linaondoka Nairobi saa tatu usiku na kufika asubuhi.",
-             "Basi la kwenda Mombasa linaondoka Nairobi mchana."],
-        ],
-    },
-}
+
+def _space_module() -> ModuleType:
+    """spaces/hfaug_space.py, the Space's own program: one file serves the Space and ``hfaug serve``."""
+    if "hfaug_space" in sys.modules:
+        return sys.modules["hfaug_space"]
+    here = Path(__file__).resolve().parent
+    # a checkout: <repo>/spaces/; an installed wheel ships the same file as hfaug/spaces/
+    for path in (here.parent / "spaces" / "hfaug_space.py", here / "spaces" / "hfaug_space.py"):
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("hfaug_space", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["hfaug_space"] = module
+            spec.loader.exec_module(module)
+            return module
+    raise HfaugError("serving needs spaces/hfaug_space.py, which this install of hfaug lacks; reinstall hfaug")
+
+
+space = _space_module()
+EXAMPLES = space.EXAMPLES
+NLI_LABELS = space.NLI_LABELS
+is_pair_model = space.is_pair_model
+check_text = space.check_text
+parse_models = space.parse_models
 
 
 @dataclass
@@ -101,143 +93,38 @@ class ServeConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# loading models
-
-
-def parse_models(spec: str) -> dict[str, str]:
-    """``"a=path/or/repo,b=owner/repo/subfolder,owner/repo"`` -> {name: reference}."""
-    out: dict[str, str] = {}
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
-            continue
-        name, sep, ref = item.partition("=")
-        if not sep:
-            name, ref = Path(item.rstrip("/")).name, item
-        out[name.strip()] = ref.strip()
-    return out
+# loading models and the app (the Space's code, its errors as hfaug's one-line errors)
 
 
 def resolve_model(ref: str) -> Path:
-    """A local folder, or a Hub model repo ``owner/name`` (optionally ``owner/name/sub/folder``)."""
-    path = Path(ref).expanduser()
-    if path.exists():
-        return path
-    parts = ref.strip("/").split("/")
-    if len(parts) < 2 or ref.startswith((".", "/", "~")):
-        raise HfaugError(f"model '{ref}' is neither a local folder nor a Hub repo id (owner/name)")
-    from huggingface_hub import snapshot_download
-
-    repo_id, sub = "/".join(parts[:2]), "/".join(parts[2:])
-    patterns = [f"{sub}/*" if sub else "*", "config.json"]
+    """The local ONNX file of a reference: a folder, ``owner/name[/sub][@revision][:int8|:fp32]``."""
     try:
-        local = snapshot_download(repo_id, allow_patterns=patterns)
-    except Exception as e:  # offline, missing repo, no access: say which
-        raise HfaugError(f"cannot download model '{repo_id}' from the Hub: {type(e).__name__}: {e}") from None
-    return Path(local) / sub if sub else Path(local)
+        return space.resolve(ref)
+    except space.ModelError as e:
+        raise HfaugError(str(e)) from None
 
 
-def load_models(models: str | Mapping[str, str | Path], *, max_length: int = 128) -> dict[str, "OnnxClassifier"]:
-    """ONNX classifiers by display name, from ``"name=ref,..."`` or a {name: ref} mapping."""
-    from .predict import OnnxClassifier
-
-    refs = parse_models(models) if isinstance(models, str) else dict(models)
-    if not refs:
-        raise HfaugError("no models to serve: give name=folder_or_repo pairs (HFAUG_MODELS on a Space)")
-    out = {}
-    for name, ref in refs.items():
-        folder = resolve_model(str(ref))
-        try:
-            out[name] = OnnxClassifier(folder, max_length=max_length)
-        except (FileNotFoundError, ImportError) as e:
-            raise HfaugError(f"model '{name}': {e}") from None
-        logger.info("loaded %s from %s (%s)", name, folder, ", ".join(out[name].labels))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# the app
-
-
-def is_pair_model(labels: list[str]) -> bool:
-    """NLI students take a premise and a hypothesis; everything else one text."""
-    return set(labels) == NLI_LABELS
-
-
-def check_text(text: str | None, what: str, max_chars: int) -> str:
-    """The stripped text, or a ``gr.Error`` saying why it is refused (shown in the UI, raised by the API)."""
-    import gradio as gr
-
-    text = (text or "").strip()
-    # a refused input is the user's, not a bug: one log line, no traceback (print_exception=False)
-    if not text:
-        logger.info("refused input: the %s is empty", what)
-        raise gr.Error(f"The {what} is empty: please type a sentence.", title="Empty input", print_exception=False)
-    if len(text) > max_chars:
-        logger.info("refused input: the %s is %d characters long (limit %d)", what, len(text), max_chars)
-        raise gr.Error(f"The {what} is {len(text)} characters long; the limit is {max_chars}. "
-                       "Please shorten it.", title="Input too long", print_exception=False)
-    return text
-
-
-def build_demo(models: Mapping[str, "OnnxClassifier"], *, pair: bool | None = None, max_chars: int = 1000,
-               concurrency_limit: int = 4, max_queue: int = 64, title: str = "",
-               examples: Mapping[str, list[list[str]]] | None = None) -> "gr.Blocks":
-    """The Gradio app over ``models`` (display name -> classifier), queue configured, not launched."""
+def load_models(models: str | Mapping[str, str | Path], *, max_length: int = 128) -> dict[str, Any]:
+    """ONNX predictors by display name, from ``"name=ref,..."`` or a {name: ref} mapping."""
     try:
-        import gradio as gr
+        return space.load_models({k: str(v) for k, v in models.items()} if isinstance(models, Mapping) else models,
+                                 max_length=max_length)
+    except space.ModelError as e:
+        raise HfaugError(str(e)) from None
+    except ImportError as e:
+        raise HfaugError(f"serving needs onnxruntime and tokenizers ({e}); pip install 'hfaug[serve]'") from None
+
+
+def build_demo(models: Mapping[str, Any], **options: Any) -> "gr.Blocks":
+    """The Gradio app over ``models`` (display name -> predictor), queue configured, not launched."""
+    try:
+        import gradio  # noqa: F401
     except ImportError as e:
         raise HfaugError(f"serving needs gradio ({e}); pip install 'hfaug[serve]'") from None
-
-    if not models:
-        raise HfaugError("build_demo: no models to serve")
-    names = list(models)
-    labels = models[names[0]].labels
-    for name in names[1:]:
-        if set(models[name].labels) != set(labels):
-            raise HfaugError(f"models '{names[0]}' and '{name}' predict different labels "
-                             f"({labels} vs {models[name].labels}); serve one task per app")
-    pair = is_pair_model(labels) if pair is None else pair
-    task = "nli" if pair else "sentiment" if set(labels) == {"negative", "neutral", "positive"} else None
-    examples = examples if examples is not None else EXAMPLES.get(task or "", {})
-    title = title or ("Natural language inference" if pair else "Text classification") + " in many languages"
-
-    def scores(name: str, texts: list[str], pairs: list[str] | None) -> dict[str, float]:
-        if name not in models:
-            raise gr.Error(f"Unknown model '{name}'; choose one of: {', '.join(names)}.", title="Unknown model")
-        probs = models[name].predict_proba(texts, pairs)[0]
-        return {label: float(p) for label, p in zip(models[name].labels, probs)}
-
-    # named parameters become the API's parameter names (gradio_client's predict(text=..., model=...))
-    def predict_text(text: str, model: str) -> dict[str, float]:
-        return scores(model, [check_text(text, "text", max_chars)], None)
-
-    def predict_pair(premise: str, hypothesis: str, model: str) -> dict[str, float]:
-        return scores(model, [check_text(premise, "premise", max_chars)],
-                      [check_text(hypothesis, "hypothesis", max_chars)])
-
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
-        gr.Markdown(f"# {title}\n"
-                    "Students distilled with [hfaug](https://arxiv.org/abs/2407.10582) (LLM-based augmentations "
-                    "with data selection), served as ONNX. Labels: " + ", ".join(labels) +
-                    f". Up to {max_chars} characters per box.")
-        with gr.Row():
-            with gr.Column(scale=3):
-                if pair:
-                    boxes = [gr.Textbox(label="Premise", lines=2, max_lines=6, elem_id="premise"),
-                             gr.Textbox(label="Hypothesis", lines=1, max_lines=4, elem_id="hypothesis")]
-                else:
-                    boxes = [gr.Textbox(label="Text", lines=3, max_lines=8, elem_id="text",
-                                        placeholder="Type a sentence in any language the student knows")]
-                model = gr.Dropdown(names, value=names[0], label="Model (student / language)", elem_id="model")
-                button = gr.Button("Classify", variant="primary", elem_id="classify")
-            with gr.Column(scale=2):
-                output = gr.Label(num_top_classes=len(labels), label="Label probabilities", elem_id="prediction")
-        for language, rows in examples.items():
-            gr.Examples(rows, inputs=boxes, label=f"{language} examples", cache_examples=False)
-        gr.on([button.click, *[b.submit for b in boxes]], predict_pair if pair else predict_text,
-              inputs=[*boxes, model], outputs=output, api_name="predict")
-    demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue)
-    return demo
+    try:
+        return space.build_demo(models, **options)
+    except space.ModelError as e:
+        raise HfaugError(str(e)) from None
 
 
 def launch(demo: "gr.Blocks", *, host: str = "127.0.0.1", port: int | None = None, share: bool = False,

@@ -158,7 +158,9 @@ def build_embedder(path: Path) -> None:
     encoder = tiny_model("encoder")
     transformer = models.Transformer(str(encoder), max_seq_length=128)
     pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
-    SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(str(path))
+    # no model card: writing one looks the base model up on the Hub (a request, with the token if set)
+    SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(
+        str(path), create_model_card=False)
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {

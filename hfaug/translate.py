@@ -619,6 +619,8 @@ def translate_texts(translator: Translator, texts: list[str], lang: Language, *,
 
     model_key = translator.cache_key()
     decoding = cfg.decoding()
+    if cfg.do_sample:  # the seed really used (the run's when the section leaves it out) changes the samples
+        decoding["seed"] = translator.seed
     keys = {s: cache.key(model_key, decoding, translator.source_code, code, s) for s in segments}
     done_by_key = cache.get_many(list(keys.values()))
     done = {s: done_by_key[keys[s]] for s in segments if keys[s] in done_by_key}

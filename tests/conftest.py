@@ -30,6 +30,11 @@ for _var, _sub in (("HF_HOME", "hf_home"), ("HF_DATASETS_CACHE", "hf_home/datase
 for _var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "HF_ENDPOINT"):
     os.environ.pop(_var, None)
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
+# nothing leaves 127.0.0.1, in this process and in every Python process a test starts (netguard/)
+NETGUARD_LOG = SESSION_HOME / "netguard.log"
+os.environ["HFAUG_NETGUARD_LOG"] = str(NETGUARD_LOG)
+_NETGUARD = str(Path(__file__).resolve().parent / "netguard")
+os.environ["PYTHONPATH"] = os.pathsep.join([_NETGUARD, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -52,6 +57,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_network_outside_localhost():
+    """Fail the test that tried to reach anything but 127.0.0.1 (itself, or a process it started)."""
+    from importlib import util
+
+    spec = util.spec_from_file_location("hfaug_netguard", Path(_NETGUARD) / "sitecustomize.py")
+    guard = util.module_from_spec(spec)
+    spec.loader.exec_module(guard)
+    guard.install()  # once per process: later calls find it installed
+    start = NETGUARD_LOG.stat().st_size if NETGUARD_LOG.exists() else 0
+    yield
+    if NETGUARD_LOG.exists() and NETGUARD_LOG.stat().st_size > start:
+        with NETGUARD_LOG.open(encoding="utf-8") as f:
+            f.seek(start)
+            pytest.fail("network access outside 127.0.0.1:\n" + f.read()[-4000:], pytrace=False)
 
 
 @pytest.fixture(autouse=True)

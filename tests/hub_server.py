@@ -5,7 +5,7 @@ It answers what huggingface_hub 0.36 and datasets 5.0 call to push and load a re
 
     POST /api/repos/create                              create a repo (409 if it exists)
     GET  /api/{type}s/{repo}[/revision/{rev}]           repo info: sha, siblings, private, cardData
-    POST /api/{type}s/{repo}/preupload/{rev}            upload mode per file: lfs for binaries
+    POST /api/{type}s/{repo}/preupload/{rev}            upload mode per file (lfs for binaries), remote oid
     POST /{prefix}{repo}.git/info/lfs/objects/batch     LFS batch: where to PUT each new object
     PUT  /lfs/{oid}                                     the LFS upload itself (sha256 checked)
     POST /api/{type}s/{repo}/commit/{rev}               NDJSON commit: file, lfsFile, deletedFile, deletedFolder
@@ -399,7 +399,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "converts": [],
                 })
             if action == "preupload" and method == "POST":
-                return self._preupload(repo)
+                return self._preupload(repo, args[0] if args else "main")
             if action == "commit" and method == "POST":
                 return self._commit_ndjson(repo, args[0] if args else "main")
             if action == "tag" and method == "POST":
@@ -498,15 +498,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- uploads --------------------------------------------------------------------------------
 
-    def _preupload(self, repo: Repo) -> None:
+    def _preupload(self, repo: Repo, revision: str = "main") -> None:
         files = self._json().get("files", [])
+        head = repo.resolve(revision)
         out = []
         for f in files:
             sample = base64.b64decode(f.get("sample", ""))
             binary = b"\0" in sample
             lfs = f["path"].endswith(LFS_SUFFIXES) or binary or f.get("size", 0) > 10 * 1024 * 1024
-            out.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False})
-        self._send(200, {"files": out, "commitOid": repo.branches.get("main")})
+            info = {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False}
+            # as the Hub: the oid of the file already there (sha256 for LFS, git sha1 for regular files),
+            # which the client compares with its own to leave unchanged files out of the commit
+            entry = head.files.get(f["path"].strip("/")) if head else None
+            if entry is not None:
+                info["oid"] = entry.lfs or entry.oid
+            out.append(info)
+        self._send(200, {"files": out, "commitOid": head.sha if head else None})
 
     def _lfs_batch(self, repo_type: str, repo_id: str) -> None:
         with self.hub.lock:

@@ -473,7 +473,9 @@ def test_students_publish_as_versioned_model_repos(hub, tmp_path):
     manifest, _ = pipeline.run_stage(run, "publish-model", force=True)
     assert manifest["metrics"]["students"]["hi-divk-4"]["tag"] == "v2"
     v2 = hub.files(model_repo, "v2", repo_type="model")
-    assert v2["README.md"].startswith(b"---\nlicense: mit") and "onnx/model.onnx" not in v2
+    # the student's own card, with publish.license (the recipe's default here) replacing its license
+    assert v2["README.md"].startswith(b"---\nlicense: cc-by-4.0\n---\n# a student card from distill")
+    assert "onnx/model.onnx" not in v2
     assert "onnx/model.onnx" in hub.files(model_repo, "v1", repo_type="model")  # v1 intact
 
     from huggingface_hub import hf_hub_download
@@ -533,3 +535,216 @@ def test_server_also_speaks_datasets_push_to_hub(hub, tmp_path):
     cache = str(tmp_path / "c")
     assert datasets.load_dataset("tester/pushed", "one", cache_dir=cache)["train"]["text"] == ["a", "b", "c"]
     assert datasets.load_dataset("tester/pushed", "two", cache_dir=cache)["train"]["text"] == ["a"]
+
+
+# ---------------------------------------------------------------------------------------------
+# reproducibility: every cache key holds what changes the output
+
+
+def test_a_second_version_with_another_seed_reproduces_byte_for_byte(tmp_path):
+    """v2 (seed 2) shares v1's (seed 1) translation cache; a clean rerun of v2 must give v2's very bytes."""
+    import datasets
+
+    from hfaug.translate import TranslateConfig, translate
+
+    data = datasets.Dataset.from_dict({"id": [f"r{i}" for i in range(6)], "task": ["sentiment"] * 6,
+                                       "text": [f"The room {i} was clean and the staff kind." for i in range(6)],
+                                       "label": [i % 3 for i in range(6)]})
+    config = TranslateConfig(model="hfaug://tiny/mt", languages=["hi"], num_beams=1, do_sample=True,
+                             max_new_tokens=12, min_new_tokens=4, min_script_ratio=0.0)  # seed: the run's
+
+    def parquet(seed: int, cache: Path) -> bytes:
+        out, _, _ = translate(data, config, cache_dir=cache, seed=seed, progress=False)
+        path = tmp_path / f"out-{seed}-{cache.name}.parquet"
+        out["hi"].to_parquet(str(path))
+        return path.read_bytes()
+
+    v1 = parquet(1, tmp_path / "run-cache")
+    v2 = parquet(2, tmp_path / "run-cache")  # the same run folder, a new seed
+    assert v2 != v1
+    assert parquet(2, tmp_path / "clean-cache") == v2
+
+
+# ---------------------------------------------------------------------------------------------
+# a release: dataset and students as one unit
+
+
+STUDENTS = ["hi-divk-4", "hi-all"]
+
+
+def release_run(tmp_path, **publish_cfg) -> Run:
+    """A run whose recipe trains students: publish defers the dataset to publish-model's release."""
+    data = recipe_dict(tmp_path, repo_id=REPO, retries=1, **publish_cfg)
+    data["distill"] = {}
+    run = Run(load_recipe(data))
+    write_inputs(run, "v1", V1)
+    return run
+
+
+def model_commits(hub, repo: str) -> int:
+    return len(hub.repo(repo, "model").commits) if hub.repo(repo, "model") else 0
+
+
+def test_a_release_pushes_nothing_before_every_gate_then_one_tag_everywhere(hub, tmp_path):
+    run = release_run(tmp_path)
+    pipeline.run_stage(run, "publish", force=True)
+    assert hub.repo(REPO) is None  # the dataset waits for the students' gates (export parity)
+    # a second dataset version already exists elsewhere: the release takes the next tag on every repo
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo(REPO, repo_type="dataset")
+    for tag in ("v1", "v2"):
+        api.create_tag(REPO, tag=tag, repo_type="dataset")
+    write_students(run, STUDENTS, readme=False, onnx=True)
+    manifest, _ = pipeline.run_stage(run, "publish-model", force=True)
+    repos = [REPO] + [f"{REPO}-{s}" for s in STUDENTS]
+    assert manifest["metrics"]["dataset"]["tag"] == "v3"
+    assert [manifest["metrics"]["students"][s]["tag"] for s in STUDENTS] == ["v3", "v3"]
+    assert "v3" in hub.repo(REPO).tags and all("v3" in hub.repo(r, "model").tags for r in repos[1:])
+    # each card names the other parts of the release at the same tag
+    dataset_card = hub.files(REPO, "v3")["README.md"].decode()
+    assert all(f"[`{r}`](https://huggingface.co/{r}/tree/v3)" in dataset_card for r in repos[1:])
+    for student in repos[1:]:
+        card = hub.files(student, "v3", repo_type="model")["README.md"].decode()
+        assert f"datasets/{REPO}/tree/v3" in card and f'"{REPO}"' in card and "revision: v3" not in card
+        assert all(f"{r}/tree/v3" in card for r in repos[1:] if r != student)
+        assert validate_card(card, "model")[0] == []
+    assert load_all(REPO, "v3", tmp_path / "c") == expected("v1", V1)
+
+
+def test_a_half_done_release_is_finished_by_a_rerun_with_the_same_tag(hub, tmp_path, capsys):
+    import yaml
+
+    run = release_run(tmp_path)
+    write_students(run, STUDENTS, readme=False, onnx=True)
+    pipeline.run_stage(run, "publish", force=True)
+    first, second = (f"{REPO}-{s}" for s in sorted(STUDENTS))  # the order publish-model pushes them in
+    hub.fail("POST", rf"/api/models/{second}/commit/", times=100)  # the last repo cannot be committed
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(run.recipe.raw))
+    capsys.readouterr()
+    assert cli.main(["publish-model", "--config", str(path)]) == 3  # the Hub failed: not a bad recipe (2)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("hfaug: error:")]
+    assert len(errors) == 1 and second in errors[0] and TOKEN not in err and "Traceback" not in err
+    assert hub.repo(REPO).tags.keys() == {"v1"} and hub.repo(first, "model").tags.keys() == {"v1"}
+    commits_before = model_commits(hub, first)
+
+    hub.clear_failures()
+    # a failed tag: the commit is there, the message says how to finish
+    hub.fail("POST", rf"/api/models/{second}/tag/", times=100)
+    assert cli.main(["publish-model", "--config", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert "pushed but not tagged 'v1'" in err and f"hfaug publish-model --config {path}" in err
+    hub.clear_failures()
+    # the plain rerun finishes v1: the missing tag only, nothing pushed twice, no v2 anywhere
+    assert cli.main(["publish-model", "--config", str(path)]) == 0
+    assert model_commits(hub, first) == commits_before and model_commits(hub, second) == 2  # creation + v1
+    assert hub.repo(second, "model").tags.keys() == {"v1"} and hub.repo(first, "model").tags.keys() == {"v1"}
+    assert hub.repo(REPO).tags.keys() == {"v1"}
+
+    # a failed --force (v2 half pushed) is never "unchanged, skipped" on the next plain run
+    hub.fail("POST", rf"/api/models/{second}/commit/", times=100)
+    assert cli.main(["publish-model", "--config", str(path), "--force"]) == 3
+    hub.clear_failures()
+    assert cli.main(["publish-model", "--config", str(path)]) == 0
+    assert "skipped" not in capsys.readouterr().err
+    assert {r: set(hub.repo(r, t).tags) for r, t in ((REPO, "dataset"), (first, "model"), (second, "model"))} == {
+        REPO: {"v1", "v2"}, first: {"v1", "v2"}, second: {"v1", "v2"}}
+
+
+def test_unchanged_files_are_not_committed_again(hub, tmp_path):
+    """The test Hub answers preupload with each file's oid (sha256 for LFS), as the Hub does."""
+    from huggingface_hub import HfApi
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "big.bin").write_bytes(b"\0" * 1000)
+    (folder / "a.txt").write_text("one")
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo("tester/m")
+    api.upload_folder(repo_id="tester/m", folder_path=str(folder))
+    head = hub.repo("tester/m", "model").branches["main"]
+    assert api.upload_folder(repo_id="tester/m", folder_path=str(folder)).oid == head  # nothing changed: no commit
+    assert hub.repo("tester/m", "model").branches["main"] == head
+    (folder / "a.txt").write_text("two")
+    api.upload_folder(repo_id="tester/m", folder_path=str(folder))
+    commit = hub.repo("tester/m", "model").branches["main"]
+    assert commit != head and hub.files("tester/m", commit, repo_type="model")["a.txt"] == b"two"
+
+
+def test_a_token_typed_into_free_text_is_redacted_everywhere(hub, tmp_path):
+    """description, pretty_name and commit_message are blanked like recipe.yaml, in every card and commit."""
+    run = release_run(tmp_path, pretty_name=f"demo {TOKEN}", commit_message=f"release with {TOKEN}")
+    run.recipe.run.description = f"my token is {TOKEN} oops"
+    write_students(run, ["hi-divk-4"], readme=False, onnx=False)
+    pipeline.run_stage(run, "publish", force=True)
+    pipeline.run_stage(run, "publish-model", force=True)
+    texts = {f"{repo}:{path}": data for repo, kind in ((REPO, "dataset"), (f"{REPO}-hi-divk-4", "model"))
+             for path, data in hub.files(repo, "v1", repo_type=kind).items()}
+    texts.update({f"commit {c.sha}": (c.title + c.message).encode()
+                  for repo, kind in ((REPO, "dataset"), (f"{REPO}-hi-divk-4", "model"))
+                  for c in hub.repo(repo, kind).commits.values()})
+    for stage in ("publish", "publish-model"):  # the local layouts, as pushed
+        for path in (run.stage_dir(stage) / "hub-layout").rglob("*"):
+            if path.is_file():
+                texts[str(path)] = path.read_bytes()
+    assert [where for where, data in texts.items() if TOKEN.encode() in data] == []
+    assert b"my token is <redacted> oops" in texts[f"{REPO}:README.md"]
+    assert b"my token is <redacted> oops" in texts[f"{REPO}-hi-divk-4:README.md"]
+
+
+def test_card_metadata_sizes_default_config_and_license(hub, tmp_path):
+    import datasets
+
+    from hfaug.publish import size_category
+
+    assert [size_category(n) for n in (999, 10**7 - 1, 10**7, 2 * 10**8, 10**12 - 1, 10**12)] == [
+        "n<1K", "1M<n<10M", "10M<n<100M", "100M<n<1B", "100B<n<1T", "n>1T"]
+    _, manifest = publish(tmp_path, "v1", V1, repo_id=REPO, license="mit")
+    card = hub.files(REPO, "v1")["README.md"].decode()
+    assert validate_card(card, "dataset")[0] == [] and "license: mit" in card and "default: true" not in card
+    # no default config: the loader names the choices instead of silently loading one subset
+    with pytest.raises(ValueError, match="hi-divk-4") as e:
+        datasets.load_dataset(REPO, revision="v1", cache_dir=str(tmp_path / "c"))
+    assert "en-candidates" in str(e.value) and "Config name is missing" in str(e.value)
+    assert "there is no default" in card
+
+
+def test_the_offline_demo_models_make_no_request_even_with_a_token(tmp_path):
+    """The offline demo's first steps (building the tiny models, loading the packaged data) with a token
+    set and HF_HUB_OFFLINE unset: nothing may leave 127.0.0.1 (tests/netguard refuses and logs it)."""
+    import os
+    import subprocess
+    import sys
+
+    import shutil
+
+    from hfaug.testing import tiny_model
+
+    log = tmp_path / "guard.log"
+    encoder = tiny_model("encoder")  # built once per session; the embedder is built afresh below
+    shutil.copytree(encoder, tmp_path / "home" / encoder.parent.name / encoder.name)
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update({"HF_TOKEN": TOKEN, "HFAUG_HOME": str(tmp_path / "home"), "HFAUG_NETGUARD_LOG": str(log)})
+    env["HF_HOME"] = str(tmp_path / "hf_home")  # a fresh one, as on a first run
+    code = "from hfaug.testing import tiny_model; print(tiny_model('embedder'))"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Path(proc.stdout.strip().splitlines()[-1], "modules.json").is_file()
+    # the demo's first stage loads its packaged data with datasets (which pings a counter unless told not to)
+    proc = subprocess.run([sys.executable, "-m", "hfaug", "source", "--config", "demo", "--output-dir",
+                           str(tmp_path / "runs")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not log.exists(), log.read_text()[-3000:]
+
+
+def test_reproduce_exits_3_when_the_hub_fails(hub, tmp_path, capsys):
+    publish(tmp_path, "v1", V1, repo_id=REPO)
+    hub.fail("HEAD", r"/resolve/", times=100, status=500)
+    hub.fail("GET", r"/resolve/", times=100, status=500)
+    capsys.readouterr()
+    assert cli.main(["reproduce", REPO, "--revision", "v1", "--output-dir", str(tmp_path / "r")]) == 3
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hfaug: error:")]
+    assert len(err) == 1 and "recipe.yaml" in err[0] and "try again later" in err[0]

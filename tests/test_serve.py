@@ -80,7 +80,8 @@ def onnx_models(tmp_path_factory) -> dict[str, Path]:
     encoder = tiny_model("encoder")
     export_onnx(make_student(root / "sentiment-student", encoder, "sentiment", steps=30), root / "sentiment")
     export_onnx(make_student(root / "nli-student", encoder, "nli", steps=0), root / "nli")  # compared to itself
-    return {"sentiment": root / "sentiment", "nli": root / "nli"}
+    export_onnx(make_student(root / "untrained", encoder, "sentiment", steps=0), root / "sentiment-untrained")
+    return {"sentiment": root / "sentiment", "nli": root / "nli", "sentiment-untrained": root / "sentiment-untrained"}
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +184,10 @@ def test_space_metadata_and_app_run_as_deployed(onnx_models, tmp_path, monkeypat
     assert front["sdk_version"] == gradio.__version__  # the version the tests ran
     assert (ROOT / "spaces" / front["app_file"]).is_file()
     assert len(front["short_description"]) <= 60  # the Hub rejects longer ones
-    requirements = (ROOT / "spaces" / "requirements.txt").read_text()
-    assert "hfaug[serve]" in requirements and "torch" not in requirements.replace("no torch", "")
+    requirements = [line.split(">")[0].split("=")[0].strip() for line in
+                    (ROOT / "spaces" / "requirements.txt").read_text().splitlines() if line.strip()[:1].isalpha()]
+    # published packages only: no hfaug (not on the index), no torch, no transformers
+    assert set(requirements) <= {"onnxruntime", "tokenizers", "numpy", "huggingface_hub"}, requirements
 
     # the Space's way: `python app.py`, models given by a Space variable: a local folder and a Hub repo
     hub = push_to_local_hub(onnx_models["sentiment"], "org/hi-student", monkeypatch)
@@ -284,3 +287,134 @@ def test_headless_chromium_types_clicks_and_reads_the_label(app, artifacts, tmp_
         finally:
             browser.close()
     assert (artifacts / "serve_browser.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------------------------
+# the Space on its own: published packages only, students as publish-model lays them out
+
+
+def space_venv(tmp_path: Path) -> Path:
+    """A fresh venv with what a Space installs: gradio at sdk_version, then requirements.txt alone."""
+    front = yaml.safe_load((ROOT / "spaces" / "README.md").read_text(encoding="utf-8").split("---\n")[1])
+    venv = tmp_path / "space-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # the machine's pip cache (conftest moved XDG_CACHE_HOME into the session's temp folder)
+    cache = os.environ.get("HFAUG_PIP_CACHE") or str(Path.home() / ".cache" / "pip")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PIP_CACHE_DIR": cache,
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"gradio=={front['sdk_version']}",
+                           "-r", str(ROOT / "spaces" / "requirements.txt")], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"the package index is unreachable here, so no Space venv: {proc.stderr[-500:]}")
+    return venv / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def published_student(onnx_models, tmp_path_factory):
+    """Two versions of a student repo in publish-model's layout: v1 one model, main another (int8 and fp32)."""
+    from hfaug.export import quantize_onnx
+    from hfaug.publish import model_layout
+
+    root = tmp_path_factory.mktemp("published")
+    versions = {}
+    for version, fp32 in (("v1", onnx_models["sentiment"]), ("v2", onnx_models["sentiment-untrained"])):
+        (fp32 / "model.onnx_data").write_bytes(b"\0" * 64)  # what a > 2 GB fp32 graph has beside it
+        int8 = quantize_onnx(fp32, root / f"int8-{version}")
+        assert not (int8 / "model.onnx_data").exists()  # the int8 model is one file
+        (fp32 / "model.onnx_data").unlink()
+        student = root / f"student-{version}"
+        shutil.copytree(fp32, student, ignore=shutil.ignore_patterns("*.onnx"))  # stands for the PyTorch folder
+        versions[version] = model_layout({"model": student, "onnx": fp32, "int8": int8}, root / version)
+    return versions
+
+
+def upload_versions(hub, layouts: dict[str, Path], repo_id: str) -> None:
+    """``repo_id`` on the test Hub: each layout committed in order, each commit tagged by its version."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token="hf_test_token")
+    api.create_repo(repo_id)
+    for version, folder in layouts.items():
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), delete_patterns="*")
+        api.create_tag(repo_id, tag=version, revision=info.oid)
+
+
+def test_space_predictor_matches_the_hfaug_onnx_classifier(onnx_models):
+    """The Space's tokenizers-only predictor feeds the model exactly what transformers' tokenizer does."""
+    from hfaug.predict import OnnxClassifier
+    from hfaug.serve import space
+
+    texts = [r["text"] for r in demo_rows("sentiment_en_dev")[:12]] + ["word " * 300]  # one truncated
+    for max_length in (128, 16):
+        want = OnnxClassifier(onnx_models["sentiment"], max_length=max_length, batch_size=4).predict_proba(texts)
+        got = space.OnnxPredictor(onnx_models["sentiment"] / "model.onnx", max_length=max_length,
+                                  batch_size=4).predict_proba(texts)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    rows = demo_rows("nli_en_dev")[:8]
+    premises, hypotheses = [r["premise"] for r in rows], [r["hypothesis"] for r in rows]
+    want = OnnxClassifier(onnx_models["nli"], max_length=24).predict_proba(premises, hypotheses)
+    got = space.OnnxPredictor(onnx_models["nli"] / "model.onnx", max_length=24).predict_proba(premises, hypotheses)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_space_reads_repo_revision_fp32_and_int8_of_the_publish_layout(published_student, hub):
+    from hfaug.serve import load_models, space
+
+    upload_versions(hub, published_student, "org/student")
+    models = load_models({"main": "org/student", "v1": "org/student@v1", "v1-fp32": "org/student@v1:fp32",
+                          "main-fp32": "org/student:fp32", "local": str(published_student["v1"])})
+    assert models["main"].path.name == models["v1"].path.name == "model_quantized.onnx"
+    assert models["v1-fp32"].path.name == "model.onnx"
+    texts = [POSITIVE, "A dull, noisy room and rude staff."]
+    proba = {name: m.predict_proba(texts) for name, m in models.items()}
+    np.testing.assert_allclose(proba["v1"], proba["local"], atol=1e-6)  # the tag, not main
+    assert not np.allclose(proba["v1"], proba["main"], atol=1e-3)
+    assert not np.allclose(proba["v1"], proba["v1-fp32"], atol=1e-7)  # int8 really is the quantised model
+    # Optimum reads the very same files
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+
+    ort_model = ORTModelForSequenceClassification.from_pretrained(
+        published_student["v1"], subfolder="onnx", file_name="model_quantized.onnx")
+    enc = space.load_tokenizer(published_student["v1"] / "onnx", 128).encode_batch(texts)
+    logits = ort_model(input_ids=np.array([e.ids for e in enc]), attention_mask=np.array([e.attention_mask for e in enc])).logits
+    np.testing.assert_allclose(space.softmax(np.asarray(logits)), proba["v1"], atol=1e-5)
+    with pytest.raises(Exception, match="has no model.onnx"):
+        space.pick_file({"model_quantized.onnx"}, "fp32", "org/x@v1/onnx")
+
+
+@pytest.mark.venv
+def test_space_deploys_from_its_folder_alone_in_a_fresh_venv(published_student, tmp_path, hub):
+    """What a Space build does: a clean venv from requirements.txt (no hfaug, no torch), then app.py."""
+    python = space_venv(tmp_path)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "h"),
+           "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "127.0.0.1,localhost"}  # no PYTHONPATH: nothing of hfaug
+    imports = "import importlib.util as u; print([m for m in ('hfaug', 'torch', 'transformers') if u.find_spec(m)])"
+    assert subprocess.run([str(python), "-c", imports], capture_output=True, text=True, env=env,
+                          cwd=tmp_path).stdout.strip() == "[]"
+    space_dir = tmp_path / "space"
+    shutil.copytree(ROOT / "spaces", space_dir, ignore=shutil.ignore_patterns("__pycache__", "models"))
+    shutil.copytree(published_student["v2"], space_dir / "models" / "bundled")  # a model shipped with the Space
+    upload_versions(hub, published_student, "org/student")
+    port = free_port()
+    env.update({"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"})
+    log = tmp_path / "space.log"
+    # no HFAUG_MODELS: the bundled models/ folder
+    with server_process([str(python), "app.py"], log, cwd=space_dir, env=env) as proc:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until_up(url, proc, log)
+        bundled = client(url).predict(POSITIVE, "bundled", api_name="/predict")
+    env["HFAUG_MODELS"] = "pinned=org/student@v1,fp32=org/student@v1:fp32"
+    with server_process([str(python), "app.py"], log, cwd=space_dir, env=env) as proc:
+        wait_until_up(url, proc, log)
+        c = client(url)
+        pinned = c.predict(POSITIVE, "pinned", api_name="/predict")
+        fp32 = c.predict(POSITIVE, "fp32", api_name="/predict")
+    from hfaug.serve import space
+
+    def probs(result):
+        return {item["label"]: item["confidence"] for item in result["confidences"]}
+
+    for result, folder, file in ((bundled, "v2", "model_quantized.onnx"), (pinned, "v1", "model_quantized.onnx"),
+                                 (fp32, "v1", "model.onnx")):
+        clf = space.OnnxPredictor(published_student[folder] / "onnx" / file)
+        assert probs(result) == pytest.approx(dict(zip(clf.labels, clf.predict_proba([POSITIVE])[0])), abs=1e-6)
