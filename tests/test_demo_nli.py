@@ -42,3 +42,8 @@ def test_demo_nli_runs_every_stage_through_the_parity_gate(tmp_path, capsys, tin
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     assert metrics["labels"] == ["entailment", "neutral", "contradiction"]
     assert set(metrics["results"]["int8/sw-divk-5"]) == {"sw"}
+    # what the Space shows, beside the ONNX model: the run's Swahili pairs and the student's test metrics
+    info = json.loads((run_dir / "export" / "int8" / "sw-divk-5" / "hfaug.json").read_text(encoding="utf-8"))
+    assert info["task"] == "nli" and info["languages"] == ["sw"] and set(info["metrics"]) == {"sw"}
+    select = datasets.load_from_disk(str(run_dir / "select" / "sw-divk-5"))
+    assert info["examples"]["sw"] == [[r["premise"], r["hypothesis"]] for r in select.select(range(3))]
