@@ -863,7 +863,8 @@ def run_models(ctx: StageContext) -> StageResult:
                                 revision=tag if dataset else None)
             if tag is not None:
                 info["model_revision"] = tag
-            write_info(folder / ONNX_SUBFOLDER, info)
+            path = write_info(folder / ONNX_SUBFOLDER, info)
+            path.write_text(scrub(path.read_text(encoding="utf-8"), ctx), encoding="utf-8")  # no secret in a repo
         card_path = folder / "README.md"
         if card_path.exists():
             card = set_card_license(card_path.read_text(encoding="utf-8"), config.license)
