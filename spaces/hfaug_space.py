@@ -348,6 +348,31 @@ def _hub_url() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
+def _links(info: Mapping[str, Any]) -> list[str]:
+    """Markdown links to the student's model repo and its dataset repo, each at its revision."""
+    links = []
+    if info.get("model_repo"):
+        rev = info.get("model_revision") or info.get("revision") or "main"
+        links.append(f"model [`{info['model_repo']}@{rev}`]({_hub_url()}/{info['model_repo']}/tree/{rev})")
+    if info.get("dataset_repo"):
+        rev = info.get("revision") or "main"
+        links.append(f"dataset [`{info['dataset_repo']}@{rev}`]({_hub_url()}/datasets/{info['dataset_repo']}/tree/{rev})")
+    return links
+
+
+def students_markdown(models: Mapping[str, Any]) -> str:
+    """Every served student in one table: languages, accuracy / macro-F1 per test set, repos."""
+    lines = ["| model | languages | accuracy / macro-F1 | repos |", "|---|---|---|---|"]
+    for name, model in models.items():
+        info = model.info
+        scores = "; ".join(f"{language_name(k)} {100 * m['accuracy']:.1f}% / {100 * m['macro_f1']:.1f}%"
+                           for k, m in (info.get("metrics") or {}).items()
+                           if isinstance(m.get("accuracy"), (int, float)) and isinstance(m.get("macro_f1"), (int, float)))
+        lines.append(f"| {name} | {', '.join(language_name(c) for c in info.get('languages') or []) or '-'} | "
+                     f"{scores or '-'} | {' · '.join(_links(info)) or '-'} |")
+    return "\n".join(lines)
+
+
 def model_info_markdown(name: str, info: Mapping[str, Any]) -> str:
     """One student's languages, metrics per test set and links to its model and dataset repos."""
     lines = [f"**{name}**" + (f" ({', '.join(language_name(c) for c in info['languages'])})"
@@ -362,13 +387,7 @@ def model_info_markdown(name: str, info: Mapping[str, Any]) -> str:
             lines.append(f"\nmeasured on `{info['metrics_of']}`")
     else:
         lines.append("\nno test metrics recorded for this student")
-    links = []
-    if info.get("model_repo"):
-        rev = info.get("model_revision") or info.get("revision") or "main"
-        links.append(f"model [`{info['model_repo']}@{rev}`]({_hub_url()}/{info['model_repo']}/tree/{rev})")
-    if info.get("dataset_repo"):
-        rev = info.get("revision") or "main"
-        links.append(f"dataset [`{info['dataset_repo']}@{rev}`]({_hub_url()}/datasets/{info['dataset_repo']}/tree/{rev})")
+    links = _links(info)
     if links:
         lines.append("\n" + " · ".join(links))
     return "\n".join(lines)
@@ -440,6 +459,8 @@ def build_demo(models: Mapping[str, Any], *, pair: bool | None = None, max_chars
                     "Students distilled with [hfaug](https://arxiv.org/abs/2407.10582) (LLM-based augmentations "
                     "with data selection), served as ONNX. Labels: " + ", ".join(labels) +
                     f". Up to {max_chars} characters per box.")
+        with gr.Accordion(f"Students ({len(names)})", open=len(names) > 1):
+            gr.Markdown(students_markdown(models), elem_id="students")
         with gr.Row():
             with gr.Column(scale=3):
                 if pair:

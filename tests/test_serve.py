@@ -490,6 +490,9 @@ def test_swahili_run_space_offers_swahili_examples_metrics_and_repo_links(onnx_m
         assert "**swahili** (Swahili)" in info and "| 62.5% | 55.0% | 120 |" in info and "onnx/sw-divk-5" in info
         assert f"{hub.url}/{entry['repo_id']}/tree/{entry['tag']}" in info  # the model repo at its tag
         assert f"{hub.url}/datasets/org/sw-run/tree/v1" in info  # the dataset it learned from
+        table = next(comp["props"]["value"] for comp in c.config["components"]
+                     if comp["props"].get("elem_id") == "students")  # every student at a glance
+        assert "| swahili | Swahili | Swahili 62.5% / 55.0% |" in table and f"{entry['repo_id']}@{entry['tag']}" in table
     finally:
         demo.close()
 
