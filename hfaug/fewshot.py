@@ -154,7 +154,7 @@ def format_shots(shots: list[dict], task: "Task | str", *, kind: str | None = No
         for shot in shots:
             lines += ["", f'Sentence: "{shot["premise"]}"', f'Second sentence ({shot["label"]}): "{shot["hypothesis"]}"']
     else:
-        lines.append(header or HEADERS.get(task.name, HEADERS["sentiment"]))
+        lines.append(header or HEADERS.get(task.preset or "", HEADERS["sentiment"]))
         for shot in shots:
             lines.append(f'Review ({shot["label"]}): "{shot[task.text_columns[0]]}"')
     return "\n".join(lines)
