@@ -144,7 +144,8 @@ def build_task(spec: TaskSpec) -> Task:
     if base is not None and columns != base.text_columns:
         raise HfaugError(f"task.text: the {base.name} preset uses {list(base.text_columns)}; drop task.text or "
                          "the preset")
-    description = spec.description or (base.description if base and labels == base.labels else "")
+    description = spec.description or (base.description if base and labels == base.labels else
+                                       f"{base.name if base else 'classification'} into {', '.join(labels)}")
     return Task(name=str(spec.name), labels=labels, text_columns=columns, description=description,
                 preset=base.name if base else None)
 

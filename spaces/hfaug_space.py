@@ -320,7 +320,8 @@ def build_demo(models: Mapping[str, Any], *, pair: bool | None = None, max_chars
             raise ModelError(f"models '{names[0]}' and '{name}' predict different labels "
                              f"({labels} vs {models[name].labels}); serve one task per app")
     pair = is_pair_model(labels) if pair is None else pair
-    task = "nli" if pair else "sentiment" if set(labels) == {"negative", "neutral", "positive"} else None
+    # binary sentiment (a subset of the sentiment labels) shows the sentiment examples too
+    task = "nli" if pair else "sentiment" if set(labels) <= {"negative", "neutral", "positive"} else None
     examples = examples if examples is not None else EXAMPLES.get(task or "", {})
     title = title or ("Natural language inference" if pair else "Text classification") + " in many languages"
 
