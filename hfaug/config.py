@@ -256,8 +256,10 @@ def _check_task_templates(recipe: Recipe) -> None:
                          f"neutral label {list(task.labels)}; remove generate.n_strict_neutral")
     missing = missing_label_prompts(templates, task)
     if missing:
-        raise HfaugError(f"generate.templates: no prompt for label '{missing[0]}' of task '{task.name}'; add "
-                         f"generate.templates.{missing[0]} (the user turn asking for one '{missing[0]}' example)")
+        label = missing[0]
+        how = (f"generate.templates.hypothesis_system@{label} (the instruction for a '{label}' hypothesis)"
+               if task.is_pair else f"generate.templates.{label} (the user turn asking for one '{label}' example)")
+        raise HfaugError(f"generate.templates: no prompt for label '{label}' of task '{task.name}'; add {how}")
 
 
 def _check_setting(recipe: Recipe) -> None:

@@ -226,7 +226,7 @@ def check_templates(templates: dict[str, str]) -> None:
     known = set(ALLOWED_FIELDS)
     for key, text in templates.items():
         base, _, qualifier = key.partition(SEPARATOR)
-        if not base.strip():
+        if not base.strip() or (SEPARATOR in key and base not in known):  # a label's key takes no qualifier
             raise ValueError(f"unknown template key '{key}'{did_you_mean(base, known)}")
         # another base key is a label of a recipe's own task: checked against the task's labels
         # when the recipe is built (config._check_task_templates)

@@ -149,3 +149,22 @@ def test_paper_shortfall_order_only_for_the_paper_label_sets():
     # the paper's label set keeps the authors' order: neutral, positive, negative
     paper = resolve_task("sentiment")
     assert chosen_counts(paper, [9, 1, 9]) == {"negative": 3, "neutral": 1, "positive": 5}
+
+
+def test_pair_task_and_label_errors_name_the_fix():
+    pair = {"name": "para", "labels": ["same", "different"], "text": ["premise", "hypothesis"]}
+    base = {"task": pair, "source": {"path": "x.csv"}}
+    with pytest.raises(HfaugError, match=r"add generate.templates.hypothesis_system@same"):
+        load_recipe({**base, "generate": {"backend": "dummy"}})
+    recipe = load_recipe({**base, "generate": {"backend": "dummy", "templates": {
+        "hypothesis_system@same": "Paraphrase it.", "hypothesis_system@different": "Say something else."}}})
+    assert resolve_task(recipe.run.task).is_pair
+    binary = {"task": BINARY, "source": {"path": "x.csv"}}
+    with pytest.raises(HfaugError, match="has no neutral label"):
+        load_recipe({**binary, "generate": {"backend": "dummy", "n_strict_neutral": 5}})
+    with pytest.raises(HfaugError, match="did you mean 'labels'"):
+        load_recipe({**binary, "task": {"name": "x", "lables": ["a", "b"]}})
+    with pytest.raises(HfaugError, match="map your data's columns to them with source.columns"):
+        load_recipe({**binary, "task": {"name": "x", "labels": ["a", "b"], "text": "review"}})
+    with pytest.raises(HfaugError, match="listed twice"):
+        load_recipe({**binary, "task": {"name": "x", "labels": ["a", "a"]}})
