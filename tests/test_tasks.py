@@ -168,3 +168,12 @@ def test_pair_task_and_label_errors_name_the_fix():
         load_recipe({**binary, "task": {"name": "x", "labels": ["a", "b"], "text": "review"}})
     with pytest.raises(HfaugError, match="listed twice"):
         load_recipe({**binary, "task": {"name": "x", "labels": ["a", "a"]}})
+
+
+def test_few_shot_examples_of_a_task_of_its_own_are_texts_with_their_labels():
+    from hfaug.fewshot import format_shots
+
+    task = resolve_task({"name": "tickets", "labels": ["billing", "bug"]})
+    block = format_shots([{"id": "1", "label": "bug", "text": "The app crashes."}], task)
+    assert block.splitlines() == ["Here are examples of texts from the data, with their labels:",
+                                  'Text (bug): "The app crashes."']
