@@ -47,7 +47,9 @@ Shortfall (a class with fewer than k rows), ``shortfall``:
   last class's shortfall is lost (self-training/pseudo_label_as.py lines 301-323,
   pseudo_label_xnli_cartography.py 274-295). div-k moves only neutral's shortfall, to positive
   (entailment): ``positive takes min(available, k + max(0, k - neutral available))``
-  (utils/diverseTopK.py lines 78 and 89-92); the other classes' shortfalls are lost.
+  (utils/diverseTopK.py lines 78 and 89-92); the other classes' shortfalls are lost. A task with
+  other labels (a recipe's own, binary sentiment) uses its label order instead: the cascade in that
+  order, div-k moving the first label's shortfall to the second.
 * ``fewer``: every class gives what it has, nothing moves.
 * ``redistribute`` (hfaug's own, not the authors'): ``shortfall_to`` (default positive /
   entailment) takes every other class's shortfall, i.e. fills
