@@ -35,6 +35,8 @@ _LAZY = {
     "HfaugError": "hfaug.errors",
     "get_task": "hfaug.tasks",
     "TASKS": "hfaug.tasks",
+    "Task": "hfaug.tasks",
+    "resolve_task": "hfaug.tasks",
 }
 
 __all__ = ["run", "__version__", *_STAGE_MODULES, *_LAZY]
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from .config import Recipe, load_recipe  # noqa: F401
     from .errors import HfaugError  # noqa: F401
     from .runs import Run  # noqa: F401
-    from .tasks import TASKS, get_task  # noqa: F401
+    from .tasks import TASKS, Task, get_task, resolve_task  # noqa: F401
 
 
 def run(recipe, overrides=None, *, force: str | None = None):

@@ -61,9 +61,7 @@ TEMPLATE_KEYS = sorted({k for keys in INSTRUCTION_KEYS.values() for k in keys})
 def instruction_templates(task: "Task", overrides: dict[str, str] | None = None) -> dict[str, str]:
     """The generate stage's templates for ``task`` with ``overrides``; a key this task's
     instructions do not use, or a placeholder its key may not use, is a one-line user error."""
-    keys = INSTRUCTION_KEYS.get(task.name)
-    if keys is None:
-        raise HfaugError(f"adapt: no instruction templates for task '{task.name}'")
+    keys = _instruction_keys(task)
     for key in overrides or {}:
         if base_key(key) not in keys:
             raise HfaugError(f"adapt.templates: '{key}' is not a {task.name} template key{did_you_mean(key, keys)}")
@@ -71,7 +69,12 @@ def instruction_templates(task: "Task", overrides: dict[str, str] | None = None)
         check_templates(overrides or {})
     except ValueError as e:
         raise HfaugError(f"adapt.templates: {e}") from None
-    return templates_for(task.name, overrides)
+    return templates_for(task, overrides)
+
+
+def _instruction_keys(task: "Task") -> tuple[str, ...]:
+    """The system turn and one user turn per label of the task (its own labels, not the preset's)."""
+    return (INSTRUCTION_KEYS[task.family][0], *task.labels)
 
 
 def training_templates(task: "Task", generate_templates: dict[str, str] | None,
@@ -79,7 +82,7 @@ def training_templates(task: "Task", generate_templates: dict[str, str] | None,
     """The templates an adapter trains on: the generate section's (only the keys these
     instructions use: premise prompts are not trained on), then ``adapt.templates`` over them."""
     inherited = {k: v for k, v in (generate_templates or {}).items()
-                 if base_key(k) in INSTRUCTION_KEYS.get(task.name, ())}
+                 if base_key(k) in _instruction_keys(task)}
     return {**inherited, **(overrides or {})}
 
 
@@ -233,7 +236,7 @@ def instruction_pairs(dataset: "datasets.Dataset", task: "Task", templates: dict
     for i in keep:
         label = names[i]
         premise = columns["premise"][i].strip() if task.is_pair else None
-        system, user = instruction(task.name, label, templates, domains=domains, premise=premise)
+        system, user = instruction(task.family, label, templates, domains=domains, premise=premise)
         answer = columns[task.text_columns[-1]][i].strip()  # the text, or the hypothesis
         prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         out["prompt"].append(prompt)

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from .errors import HfaugError, did_you_mean
+from .tasks import TaskSpec  # noqa: F401  (RunConfig.task's type hint)
 
 #: section name -> "module:ConfigClass". Stages import nothing from each other; this map and
 #: the pipeline are the only places that know them all.
@@ -58,7 +59,10 @@ class RunConfig:
     """Run-wide settings shared by every stage."""
 
     name: str = field(default="run", metadata={"help": "Run name: outputs go to <output_dir>/<name>/."})
-    task: str = field(default="sentiment", metadata={"help": "Task: 'sentiment' or 'nli'."})
+    task: "str | TaskSpec" = field(default="sentiment", metadata={
+        "help": "Task: a preset ('sentiment', 'nli') or a task of your own: {name, labels (in order), preset or "
+                "text ('text' or [premise, hypothesis]), description}, e.g. {name: reviews2, preset: sentiment, "
+                "labels: [negative, positive]} (README, 'Your own data')."})
     seed: int = field(default=42, metadata={"help": "Seed for every random choice of the run."})
     output_dir: str = field(default="runs", metadata={"help": "Folder holding run directories."})
     description: str = field(default="", metadata={"help": "Free text, shown in cards."})
@@ -77,9 +81,9 @@ class RunConfig:
                 "after the stage (its output kept), 'off' skips them."})
 
     def __post_init__(self):
-        from .tasks import get_task
+        from .tasks import resolve_task
 
-        get_task(self.task)
+        resolve_task(self.task)
         if self.setting is not None and self.setting not in SETTINGS:
             raise HfaugError(f"'recipe.setting' must be one of {list(SETTINGS)}, got {self.setting!r}"
                              f"{did_you_mean(str(self.setting), SETTINGS)}")
@@ -229,7 +233,33 @@ def build_recipe(data: dict, source_path: str | None = None) -> Recipe:
         raise HfaugError("recipe has no 'source' section: say where the labelled source data is (source.path)")
     recipe = Recipe(run=run, sections=sections, raw=data, source_path=source_path)
     _check_setting(recipe)
+    _check_task_templates(recipe)
     return recipe
+
+
+def _check_task_templates(recipe: Recipe) -> None:
+    """generate.templates against the task: a per-label key names one of the task's labels, and
+    every label of a task without a preset has its prompt (nothing generic can ask for it)."""
+    from .prompts import missing_label_prompts, unknown_template_keys
+    from .tasks import resolve_task
+
+    generate = recipe.sections.get("generate")
+    if generate is None:
+        return
+    task = resolve_task(recipe.run.task)
+    templates = getattr(generate, "templates", None) or {}
+    for key, known in unknown_template_keys(templates, task):
+        raise HfaugError(f"generate.templates: '{key}' is neither a template key nor a label of task "
+                         f"'{task.name}' {list(task.labels)}{did_you_mean(key, known)}")
+    if getattr(generate, "n_strict_neutral", 0) and "neutral" not in task.labels:
+        raise HfaugError(f"generate.n_strict_neutral asks for extra 'neutral' rows but task '{task.name}' has no "
+                         f"neutral label {list(task.labels)}; remove generate.n_strict_neutral")
+    missing = missing_label_prompts(templates, task)
+    if missing:
+        label = missing[0]
+        how = (f"generate.templates.hypothesis_system@{label} (the instruction for a '{label}' hypothesis)"
+               if task.is_pair else f"generate.templates.{label} (the user turn asking for one '{label}' example)")
+        raise HfaugError(f"generate.templates: no prompt for label '{label}' of task '{task.name}'; add {how}")
 
 
 def _check_setting(recipe: Recipe) -> None:
@@ -329,6 +359,10 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
                 return check_type(value, arg, where)
             except HfaugError as e:
                 errors.append(e)
+        if isinstance(value, dict):  # a mapping: the error of the mapping's type says what is wrong in it
+            for arg, error in zip([a for a in args if a is not type(None)], errors):
+                if dataclasses.is_dataclass(arg) or typing.get_origin(arg) is dict:
+                    raise error
         raise errors[0] if errors else HfaugError(f"'{where}' has an invalid value {value!r}")
     if origin is typing.Literal:
         if value not in args:

@@ -38,6 +38,7 @@ HEADERS = {
     "sentiment": "Here are examples of reviews from the data, with their sentiment:",
     "nli": "Here are examples of sentence pairs from the data, with how the second sentence relates to the first:",
     "premise": "Here are examples of sentences from the data:",
+    "labelled": "Here are examples of texts from the data, with their labels:",
 }
 
 
@@ -154,7 +155,9 @@ def format_shots(shots: list[dict], task: "Task | str", *, kind: str | None = No
         for shot in shots:
             lines += ["", f'Sentence: "{shot["premise"]}"', f'Second sentence ({shot["label"]}): "{shot["hypothesis"]}"']
     else:
-        lines.append(header or HEADERS.get(task.name, HEADERS["sentiment"]))
+        # a task without a preset classifies texts, not necessarily reviews
+        own = task.preset is None
+        lines.append(header or (HEADERS["labelled"] if own else HEADERS.get(task.preset, HEADERS["sentiment"])))
         for shot in shots:
-            lines.append(f'Review ({shot["label"]}): "{shot[task.text_columns[0]]}"')
+            lines.append(f'{"Text" if own else "Review"} ({shot["label"]}): "{shot[task.text_columns[0]]}"')
     return "\n".join(lines)

@@ -193,9 +193,9 @@ def estimate(recipe: "Recipe", run: "Run | None" = None) -> dict[str, Any]:
 
 
 def _num_labels(recipe: "Recipe") -> int:
-    from .tasks import get_task
+    from .tasks import resolve_task
 
-    return get_task(recipe.run.task).num_labels
+    return resolve_task(recipe.run.task).num_labels
 
 
 def describe(recipe: "Recipe", run: "Run | None" = None) -> str:

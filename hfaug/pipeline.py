@@ -190,7 +190,7 @@ def _run_all(run: Run, recipe: Recipe, force: str | None) -> None:
 def summary(run: Run, report: list | None = None) -> str:
     """A plain-text table of a run: stages, status, rows, drops, metrics and where things are."""
     report = report if report is not None else run.report
-    lines = [f"hfaug run '{run.recipe.run.name}' ({run.recipe.run.task}) in {run.root}", ""]
+    lines = [f"hfaug run '{run.recipe.run.name}' ({run.task.name}) in {run.root}", ""]
     # `dropped` is the last column and never cut: every dropped row is counted by reason, and the
     # reasons are what a user reads the table for
     header = f"{'stage':<17} {'status':<8} {'rows in':>8} {'rows out':<34} {'time':>7}  dropped"

@@ -40,13 +40,13 @@ def _prompt_lines(recipe: Recipe) -> list[str]:
     from .prompts import hypothesis_requests, premise_requests, sentiment_requests, templates_for
 
     config = recipe.generate
-    task = recipe.run.task
-    from .tasks import get_task
+    from .tasks import resolve_task
 
-    labels = get_task(task).labels
-    templates = templates_for(task, config.templates, config.prompt_set(get_task(task)))
+    task = resolve_task(recipe.run.task)
+    labels = task.labels
+    templates = templates_for(task, config.templates, config.prompt_set(task))
     out = []
-    if task == "nli":
+    if task.is_pair:
         seen = {}
         for request in premise_requests(max(1, 4 * len(config.domain_mix)), templates, config.domain_mix, 0):
             seen.setdefault(request.meta["domain"], request)

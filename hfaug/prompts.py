@@ -122,6 +122,17 @@ DEFAULT_SENTIMENT_DOMAINS = ["travels", "movies", "various electronic gadgets"]
 DEFAULT_DOMAIN_MIX = {"travel": 0.4, "government": 0.4, "fiction": 0.2}
 
 TEMPLATES = {"sentiment": SENTIMENT_TEMPLATES, "nli": NLI_TEMPLATES}
+
+#: a task of the recipe's own (no preset): the label prompts come from the recipe
+#: (generate.templates.<label>); these are the turns around them. One text per label, or the
+#: paper's NLI premises followed by one hypothesis per label.
+GENERIC_TEMPLATES: dict[str, dict[str, str]] = {
+    "sentiment": {"system": "Please only generate the text without any additional content before or after."},
+    "nli": {k: v for k, v in NLI_TEMPLATES.items() if k.startswith(("premise", "hypothesis_system"))
+            and not k.startswith("hypothesis_system@")},
+}
+#: a pair task's user turn when the recipe gives only the label's system turn (hypothesis_system@<label>)
+PAIR_USER_TURN = "Sentence: {premise}"
 #: named prompt sets per task (generate.prompts)
 PROMPT_SETS = {"sentiment": {"paper": SENTIMENT_TEMPLATES, "news": NEWS_TEMPLATES}, "nli": {"paper": NLI_TEMPLATES}}
 #: the placeholders each template key may use
@@ -148,11 +159,53 @@ def pick(templates: dict[str, str], key: str, qualifier: str | None) -> str:
     return templates[key]
 
 
-def templates_for(task: str, overrides: dict[str, str] | None = None, prompt_set: str = "paper") -> dict[str, str]:
+def base_templates(task, prompt_set: str = "paper") -> dict[str, str]:
+    """The packaged templates of a task: its preset's (``task`` a preset name or a Task with a
+    preset), or the generic turns of a task of the recipe's own."""
+    if isinstance(task, str):
+        return dict(PROMPT_SETS[task].get(prompt_set, TEMPLATES[task]))
+    if task.preset is not None:
+        return dict(PROMPT_SETS[task.preset].get(prompt_set, TEMPLATES[task.preset]))
+    out = dict(GENERIC_TEMPLATES[task.family])
+    if task.is_pair:  # a label's system turn alone is enough: the premise is the user turn
+        out.update({label: PAIR_USER_TURN for label in task.labels})
+    return out
+
+
+def unknown_template_keys(templates: dict[str, str], task) -> list[tuple[str, list[str]]]:
+    """(key, the keys it could have meant) for each template key that is neither a template key nor
+    a label of ``task`` (a Task): per-label keys must name the task's labels."""
+    known = set(ALLOWED_FIELDS) | set(task.labels)
+    out = []
+    for key in templates:
+        base, _, qualifier = key.partition(SEPARATOR)
+        if base not in known:
+            out.append((key, sorted(known)))
+        elif qualifier and QUALIFIED.get(base) == "label" and qualifier not in task.labels:
+            out.append((key, [f"{base}{SEPARATOR}{x}" for x in task.labels]))
+    return out
+
+
+def missing_label_prompts(templates: dict[str, str], task) -> list[str]:
+    """The labels of ``task`` that no template asks for: a task without a preset needs a prompt
+    per label (``<label>``, or for a pair task ``hypothesis_system@<label>``); a preset task
+    needs one for each label its preset does not have."""
+    have = base_templates(task)
+    have = {k: v for k, v in have.items() if not (task.is_pair and task.preset is None and v == PAIR_USER_TURN)}
+    out = []
+    for label in task.labels:
+        keys = [label] + ([f"hypothesis_system{SEPARATOR}{label}"] if task.is_pair else [])
+        if not any(k in templates or k in have for k in keys):
+            out.append(label)
+    return out
+
+
+def templates_for(task, overrides: dict[str, str] | None = None, prompt_set: str = "paper") -> dict[str, str]:
     """The task's templates (the named ``prompt_set``) with the recipe's overrides applied (unknown
     keys were rejected by the config). Overriding a key replaces its qualified defaults too:
-    ``system`` set in a recipe is every label's system turn unless ``system@<label>`` is set as well."""
-    out = dict(PROMPT_SETS[task].get(prompt_set, TEMPLATES[task]))
+    ``system`` set in a recipe is every label's system turn unless ``system@<label>`` is set as well.
+    ``task`` is a preset name or a Task (a task of the recipe's own has generic turns)."""
+    out = base_templates(task, prompt_set)
     overrides = overrides or {}
     for key in overrides:
         if SEPARATOR not in key:
@@ -173,17 +226,20 @@ def check_templates(templates: dict[str, str]) -> None:
     known = set(ALLOWED_FIELDS)
     for key, text in templates.items():
         base, _, qualifier = key.partition(SEPARATOR)
-        if base not in known:
+        if not base.strip() or (SEPARATOR in key and base not in known):  # a label's key takes no qualifier
             raise ValueError(f"unknown template key '{key}'{did_you_mean(base, known)}")
+        # another base key is a label of a recipe's own task: checked against the task's labels
+        # when the recipe is built (config._check_task_templates)
         if SEPARATOR in key and (base not in QUALIFIED or not qualifier):
             qualifiable = ", ".join(f"{k}{SEPARATOR}<{v}>" for k, v in QUALIFIED.items())
             raise ValueError(f"template key '{key}': only {qualifiable} take a qualifier")
         if not isinstance(text, str):
             raise ValueError(f"template '{key}' must be a string, got {type(text).__name__}")
-        extra = template_fields(text) - ALLOWED_FIELDS.get(base, set())
+        allowed = ALLOWED_FIELDS.get(base, {"premise"})  # a label's user turn: {premise} for pair tasks
+        extra = template_fields(text) - allowed
         if extra:
             raise ValueError(f"template '{key}' uses {{{sorted(extra)[0]}}}; it may use only "
-                             f"{sorted(ALLOWED_FIELDS.get(base, set())) or 'no placeholders'}")
+                             f"{sorted(allowed) or 'no placeholders'}")
 
 
 def instruction(task: str, label: str, templates: dict[str, str], *, domains: list[str] | None = None,

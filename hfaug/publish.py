@@ -276,7 +276,7 @@ def card_metadata(configs: dict[str, dict[str, "datasets.Dataset"]], files: dict
     size = size_category(total)
     card = DatasetCardData(
         language=languages, license=license, pretty_name=pretty_name,
-        task_categories=["text-classification"], task_ids=[TASK_IDS[task.name]] if task.name in TASK_IDS else None,
+        task_categories=["text-classification"], task_ids=[TASK_IDS[task.preset]] if task.preset in TASK_IDS else None,
         size_categories=[size], tags=["hfaug", "synthetic", "llm-generated", "cross-lingual", "data-selection"],
         # no default config: load_dataset(repo) alone lists the choices rather than silently picking one subset
         configs=[{"config_name": name,

@@ -202,9 +202,9 @@ class Run:
 
     @property
     def task(self) -> "Task":
-        from .tasks import get_task
+        from .tasks import resolve_task
 
-        return get_task(self.recipe.run.task)
+        return resolve_task(self.recipe.run.task)
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
@@ -298,6 +298,13 @@ class StageContext:
         return self.run.require(stage)
 
 
+def task_key(run: Run) -> Any:
+    """The recipe's task as plain data: a preset's name (as before tasks of a recipe's own existed,
+    so earlier runs keep their hashes), or the whole task mapping."""
+    task = run.recipe.run.task
+    return task if isinstance(task, str) else to_dict(task)
+
+
 def stage_key(run: Run, stage: str, config: Any, inputs: list[str], reads: dict | None = None) -> str:
     """Hash of what determines a stage's output: its config, the task and seed, its inputs.
 
@@ -311,7 +318,7 @@ def stage_key(run: Run, stage: str, config: Any, inputs: list[str], reads: dict 
     return stable_hash({
         "stage": stage,
         "config": to_dict(config) if config is not None else None,
-        "task": run.recipe.run.task,
+        "task": task_key(run),
         "seed": run.recipe.run.seed,
         "inputs": upstream,
         **({"reads": reads} if reads else {}),  # other recipe sections the stage reads
@@ -389,7 +396,7 @@ def _write_outputs(run: Run, stage: str, key: str, config: Any, inputs: list[str
         "hash": key,
         "run_id": run_id,
         "config": to_dict(config) if config is not None else None,
-        "task": run.recipe.run.task,
+        "task": task_key(run),
         "setting": run.recipe.setting,  # the paper's setting the stage ran in (docs/fidelity.md)
         "seed": run.recipe.run.seed,
         "inputs": {name: (run.manifest(name) or {}).get("run_id") for name in inputs},

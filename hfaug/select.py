@@ -47,7 +47,9 @@ Shortfall (a class with fewer than k rows), ``shortfall``:
   last class's shortfall is lost (self-training/pseudo_label_as.py lines 301-323,
   pseudo_label_xnli_cartography.py 274-295). div-k moves only neutral's shortfall, to positive
   (entailment): ``positive takes min(available, k + max(0, k - neutral available))``
-  (utils/diverseTopK.py lines 78 and 89-92); the other classes' shortfalls are lost.
+  (utils/diverseTopK.py lines 78 and 89-92); the other classes' shortfalls are lost. A task with
+  other labels (a recipe's own, binary sentiment) uses its label order instead: the cascade in that
+  order, div-k moving the first label's shortfall to the second.
 * ``fewer``: every class gives what it has, nothing moves.
 * ``redistribute`` (hfaug's own, not the authors'): ``shortfall_to`` (default positive /
   entailment) takes every other class's shortfall, i.e. fills
@@ -131,16 +133,18 @@ class SelectConfig:
         "help": "Budgets k: rows per teacher-predicted class (the paper: 2,500 to 27,500)."})
     shortfall: Literal["paper", "fewer", "redistribute"] = field(default="paper", metadata={
         "help": "A class with fewer than k rows: 'paper' (the authors' rules: rand/top/amb/easy cascade the "
-                "shortfall neutral -> positive -> negative, div-k moves only neutral's shortfall to positive); "
+                "shortfall neutral -> positive -> negative, div-k moves only neutral's shortfall to positive; a task "
+                "with other labels cascades in its own label order); "
                 "'fewer' returns fewer; 'redistribute' gives every class's shortfall to shortfall_to."})
     shortfall_to: str | None = field(default=None, metadata={
         "help": "With shortfall: redistribute, the class receiving the shortfall (default: positive for "
-                "sentiment, entailment for NLI)."})
+                "sentiment, entailment for NLI; a task with other labels: its last label)."})
     dedup: bool = field(default=True, metadata={
         "help": "Drop exact duplicates (by text; premise + hypothesis for NLI)."})
     min_words: int | None = field(default=None, metadata={
         "help": "Minimum whitespace words in every text column (default: the paper's 11 for sentiment, i.e. "
-                "more than 10; 5 for NLI premise and hypothesis). 0 switches the filter off."})
+                "more than 10; 5 for NLI premise and hypothesis; none for a task without a preset). 0 switches "
+                "the filter off."})
     embedder: str = field(default="sentence-transformers/LaBSE", metadata={
         "help": "sentence-transformers model for div-k (and diversity)."})
     embed_column: str | None = field(default=None, metadata={
@@ -274,7 +278,7 @@ def filter_pool(dataset, task: Task, config: SelectConfig) -> tuple["np.ndarray"
             keep[:] = False
             keep[first] = True
         dropped["duplicate"] = int(n - keep.sum())
-    min_words = DEFAULT_MIN_WORDS.get(task.name, 0) if config.min_words is None else config.min_words
+    min_words = DEFAULT_MIN_WORDS.get(task.preset or "", 0) if config.min_words is None else config.min_words
     if min_words > 0 and n:
         short = np.zeros(n, dtype=bool)
         for column in columns:
@@ -705,10 +709,13 @@ def select(dataset: "datasets.Dataset", config: SelectConfig | None = None, task
     receiver = None
     order = None
     if config.shortfall == "paper":
-        names = PAPER_ORDER.get(task.name, task.labels)
+        # the authors' order only for the paper's label sets; a task of the recipe's own (or a
+        # preset with other labels) fills in its own label order
+        names = PAPER_ORDER[task.preset] if task.is_paper else task.labels
         order = tuple(task.label_id(name, "select.shortfall") for name in names)
     if config.shortfall == "redistribute":
-        name = config.shortfall_to or DEFAULT_SHORTFALL_TO.get(task.name, task.labels[-1])
+        paper_default = DEFAULT_SHORTFALL_TO[task.preset] if task.is_paper else None
+        name = config.shortfall_to or paper_default or task.labels[-1]
         receiver = task.label_id(name, "select.shortfall_to")
 
     table = arrow_table(dataset)

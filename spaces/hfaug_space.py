@@ -429,8 +429,9 @@ def build_demo(models: Mapping[str, Any], *, pair: bool | None = None, max_chars
             raise ModelError(f"models '{names[0]}' and '{name}' predict different labels "
                              f"({labels} vs {models[name].labels}); serve one task per app")
     pair = is_pair_model(labels) if pair is None else pair
+    # binary sentiment (a subset of the sentiment labels) shows the sentiment examples too
     task = models[names[0]].info.get("task") or (
-        "nli" if pair else "sentiment" if set(labels) == {"negative", "neutral", "positive"} else None)
+        "nli" if pair else "sentiment" if set(labels) <= {"negative", "neutral", "positive"} else None)
     examples = examples if examples is not None else run_examples(models, task, 2 if pair else 1)
     title = title or ("Natural language inference" if pair else "Text classification") + " in many languages"
 

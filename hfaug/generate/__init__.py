@@ -211,9 +211,10 @@ class GenerateConfig:
         """The prompt set for ``task``; one the task does not have is a user error."""
         from ..prompts import PROMPT_SETS
 
-        if self.prompts not in PROMPT_SETS[task.name]:
+        sets = PROMPT_SETS[task.preset] if task.preset else {"paper": None}
+        if self.prompts not in sets:
             raise HfaugError(f"generate.prompts: '{self.prompts}' is a sentiment prompt set; {task.name} has "
-                             f"{', '.join(PROMPT_SETS[task.name])}")
+                             f"{', '.join(sets)}")
         return self.prompts
 
     def not_applied(self) -> dict[str, Any]:
@@ -317,7 +318,7 @@ def _open_cache(cache_dir, refresh: bool = False):
 
 async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "Backend", cache, shots=None):
     start = time.perf_counter()
-    templates = templates_for(task.name, config.templates, config.prompt_set(task))
+    templates = templates_for(task, config.templates, config.prompt_set(task))
     stats: Counter = Counter()
     dropped: Counter = Counter()
     raw_rows: list[dict] = []
@@ -329,7 +330,7 @@ async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "B
         if hasattr(backend, "check_lengths"):
             # premise_max_new_tokens only bounds NLI's premises; a sentiment recipe never sends it
             backend.check_lengths(max(config.max_new_tokens, config.premise_max_new_tokens if task.is_pair else 0))
-        if task.name == "sentiment":
+        if not task.is_pair:
             requests = sentiment_requests(task.labels, config.counts(task), templates, config.domains, seed,
                                           shots and shots["review"], config.n_strict_neutral)
             params = config.sampling("review")
@@ -670,13 +671,13 @@ def dry_run(run: "Run", config: GenerateConfig | None = None) -> str:
     config = _with_adapt_stage(ctx)
     task = run.task
     seed = run.recipe.run.seed
-    templates = templates_for(task.name, config.templates, config.prompt_set(task))
+    templates = templates_for(task, config.templates, config.prompt_set(task))
     shots = _shots(config, task, seed, _shot_source(ctx, config))
     backend = make_backend(config, model=config.model_ref)
     if hasattr(backend, "details"):
         backend.details = True  # token counts for the estimate
     n = config.dry_run_requests
-    if task.name == "sentiment":
+    if not task.is_pair:
         phases = [("reviews", sentiment_requests(task.labels, config.counts(task), templates, config.domains, seed,
                                                  shots and shots["review"], config.n_strict_neutral), config.sampling("review"))]
     else:

@@ -43,10 +43,23 @@ QUESTIONS = {
             "(entailment), contradicted by it (contradiction), or neither (neutral)? Answer with one word: {labels}."),
 }
 
+#: a task of the recipe's own (or the NLI preset with other labels): the labels alone say what to answer
+GENERIC_QUESTIONS = {
+    "sentiment": 'Text: "{text}"\nWhich label fits the text? Answer with one word: {labels}.',
+    "nli": 'Premise: "{premise}"\nHypothesis: "{hypothesis}"\nHow does the hypothesis relate to the premise? '
+           "Answer with one word: {labels}.",
+}
+
+
+def _question(task: "Task") -> str:
+    if task.is_paper or task.preset == "sentiment":  # the sentiment question fits any sentiment labels
+        return QUESTIONS[task.preset]
+    return GENERIC_QUESTIONS[task.family]
+
 
 def classification_requests(dataset: "datasets.Dataset", task: "Task", seed: int = 0,
                             template: str | None = None) -> list[Request]:
-    question = template or QUESTIONS[task.name]
+    question = template or _question(task)
     labels = ", ".join(task.labels)
     requests = []
     columns = {c: dataset[c] for c in task.text_columns}
