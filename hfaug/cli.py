@@ -112,31 +112,20 @@ class _StageParser(argparse.ArgumentParser):
 
 def section_keys_help(section: str) -> str:
     """Plain-text list of a recipe section's keys: name, type, default and help."""
-    import dataclasses
     import textwrap
 
-    from .config import _own_fields, _type_hints, _type_name, config_class
+    from .config import _own_fields, config_class, section_keys
 
     cls = config_class(section)
-    hints = _type_hints(cls)
     own = _own_fields(cls)  # TrainingArguments subclasses: hfaug's own keys, then a pointer
     lines = [f"recipe keys (section '{section}'; override any with --{section}.KEY VALUE):"]
-    for f in dataclasses.fields(cls):
-        if not f.init or (own is not None and f.name not in own):
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            default = repr(f.default_factory())
-        else:
-            default = "required"
-        lines.append(f"  {f.name} ({_type_name(hints.get(f.name, 'Any'))}, default {default})")
-        help_text = str(f.metadata.get("help", "")).strip()
+    for name, type_name, default, help_text in section_keys(cls):
+        lines.append(f"  {name} ({type_name}, default {default})")
         if help_text:
             lines += textwrap.wrap(help_text, width=96, initial_indent="      ", subsequent_indent="      ")
     if own is not None:
         lines.append("  ... and every transformers.TrainingArguments option")
-    lines.append("run-wide keys: name, task, seed, output_dir, description, health (hfaug recipes --reference)")
+    lines.append("run-wide keys: name, task, setting, seed, output_dir, description, health (hfaug recipes --reference)")
     return "\n".join(lines) + "\n"
 
 

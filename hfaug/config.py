@@ -434,11 +434,12 @@ def reference_markdown(sections: list[str] | None = None) -> str:
     return "\n".join(out)
 
 
-def _section_table(title: str, cls: type) -> list[str]:
+def section_keys(cls: type) -> list[tuple[str, str, str, str]]:
+    """A config class's recipe keys as (name, type, default, help); for a TrainingArguments
+    subclass only hfaug's own keys (the reference and ``--help`` point at the rest)."""
     hints = _type_hints(cls)
-    lines = [f"## {title}", "", (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "", "",
-             "| key | type | default | meaning |", "|---|---|---|---|"]
     own = _own_fields(cls)
+    keys = []
     for f in dataclasses.fields(cls):
         if not f.init or (own is not None and f.name not in own):
             continue
@@ -448,10 +449,17 @@ def _section_table(title: str, cls: type) -> list[str]:
             default = repr(f.default_factory())
         else:
             default = "required"
-        type_name = _type_name(hints.get(f.name, Any))
-        help_text = str(f.metadata.get("help", "")).replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| `{f.name}` | {type_name} | `{default}` | {help_text} |")
-    if own is not None:
+        keys.append((f.name, _type_name(hints.get(f.name, Any)), default, str(f.metadata.get("help", "")).strip()))
+    return keys
+
+
+def _section_table(title: str, cls: type) -> list[str]:
+    lines = [f"## {title}", "", (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "", "",
+             "| key | type | default | meaning |", "|---|---|---|---|"]
+    for name, type_name, default, help_text in section_keys(cls):
+        help_text = help_text.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| `{name}` | {type_name} | `{default}` | {help_text} |")
+    if _own_fields(cls) is not None:
         lines.append("| ... | | | every `transformers.TrainingArguments` option |")
     return lines + [""]
 

@@ -10,7 +10,8 @@ figures go into the stage metrics and into the model card copied next to each ON
 
 Input: the ``distill`` students; the source ``dev`` dataset.
 Input columns (dev): text, or premise + hypothesis.
-Output: ``onnx/<name>/`` and ``int8/<name>/`` folders (model.onnx, config.json, tokenizer, README.md).
+Output: ``onnx/<name>/`` and ``int8/<name>/`` folders (model.onnx, config.json, tokenizer, README.md,
+hfaug.json: the student's languages, example texts and test metrics for the Space).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .errors import HfaugError, did_you_mean
 from .runs import StageContext, StageResult
+from .space_info import student_info, write_info
 
 if TYPE_CHECKING:
     import numpy as np
@@ -364,6 +366,11 @@ def run(ctx: StageContext) -> StageResult:
     metrics: dict = {}
     for name, folder in students.items():
         metrics[name] = export(folder, ctx.out_dir, config, texts=texts, pairs=pairs, name=name, rows_from=rows_from)
+        # what the Space shows about the student (languages, examples, metrics), beside each ONNX model
+        info = student_info(ctx.run, name)
+        for kind in (ONNX_DIR, INT8_DIR):
+            if (ctx.out_dir / kind / name).is_dir():
+                write_info(ctx.out_dir / kind / name, info)
     variant = INT8_DIR if config.quantize else ONNX_DIR
     recipe = ctx.recipe.ref
     return StageResult(rows_in=len(texts), metrics=metrics, extra={

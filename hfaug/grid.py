@@ -135,17 +135,24 @@ def _gold_rows(recipe: "Recipe", run: "Run | None") -> int | None:
 
 
 def _hub_split_rows(spec) -> int | None:
-    """Rows of a Hub dataset's split from its metadata (no data is downloaded); None when the
-    Hub cannot be reached or the dataset does not say."""
+    """Rows of a Hub dataset's split from its card metadata (one request, no data downloaded, no
+    retries: a dry run must answer at once); None when the Hub cannot be reached or the card does
+    not say."""
     try:
-        import datasets
+        from huggingface_hub import HfApi
 
-        builder = datasets.load_dataset_builder(spec.path, getattr(spec, "name", None),
-                                                revision=getattr(spec, "revision", None))
-        split = (builder.info.splits or {}).get(getattr(spec, "split", None) or "train")
-        return int(split.num_examples) if split is not None and split.num_examples else None
-    except Exception:  # offline, gated, or no metadata: the estimate says the gold rows are unknown
+        info = HfApi().dataset_info(spec.path, revision=getattr(spec, "revision", None), timeout=5)
+    except Exception:  # offline, gated, unknown: the estimate says the gold rows are unknown
         return None
+    configs = (info.card_data.to_dict() if info.card_data else {}).get("dataset_info") or []
+    configs = [configs] if isinstance(configs, dict) else configs
+    name, split = getattr(spec, "name", None), getattr(spec, "split", None) or "train"
+    for config in configs:
+        if name in (None, config.get("config_name", "default")) or len(configs) == 1:
+            for entry in config.get("splits") or []:
+                if entry.get("name") == split and entry.get("num_examples"):
+                    return int(entry["num_examples"])
+    return None
 
 
 def _synthetic_rows(name: str, recipe: "Recipe", run: "Run | None", num_labels: int) -> int:

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import schema
 from .errors import HfaugError, HubError
 from .runs import StageContext, StageResult
+from .space_info import student_info, write_info
 
 if TYPE_CHECKING:
     import datasets
@@ -682,6 +683,7 @@ def model_layout(parts: dict[str, Path], folder: Path) -> Path:
         onnx/model.onnx (+ model.onnx_data when the fp32 graph is over 2 GB)   fp32
         onnx/model_quantized.onnx                                              dynamic int8, one file
         onnx/config.json, onnx/tokenizer.json, ...                             shared by both
+        onnx/hfaug.json                 the Space's examples, metrics and repo links (publish-model)
     """
     shutil.copytree(parts["model"], folder)
     onnx = folder / ONNX_SUBFOLDER
@@ -856,6 +858,13 @@ def run_models(ctx: StageContext) -> StageResult:
         if folder.exists():
             shutil.rmtree(folder)
         model_layout(parts, folder)
+        if (folder / ONNX_SUBFOLDER).is_dir():  # what the Space shows: examples, metrics, this repo and the dataset's
+            info = student_info(ctx.run, name, model_repo=repos[name], dataset_repo=dataset,
+                                revision=tag if dataset else None)
+            if tag is not None:
+                info["model_revision"] = tag
+            path = write_info(folder / ONNX_SUBFOLDER, info)
+            path.write_text(scrub(path.read_text(encoding="utf-8"), ctx), encoding="utf-8")  # no secret in a repo
         card_path = folder / "README.md"
         if card_path.exists():
             card = set_card_license(card_path.read_text(encoding="utf-8"), config.license)

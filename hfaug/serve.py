@@ -31,6 +31,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import HfaugError, did_you_mean
+from .space_info import student_info
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -171,6 +172,9 @@ def serve(run: "Run", config: ServeConfig | None = None, *, block: bool = True) 
     config = config or ServeConfig()
     folders = exported_students(run, config)
     models = load_models({n: str(p) for n, p in folders.items()}, max_length=config.max_length)
+    for name, predictor in models.items():
+        # the run's current view (evaluate's metrics, the published repos), not only what export wrote
+        predictor.info = {**predictor.info, **student_info(run, name)}
     demo = build_demo(models, pair=run.task.is_pair, max_chars=config.max_chars,
                       concurrency_limit=config.concurrency_limit, max_queue=config.max_queue,
                       title=config.title)

@@ -35,7 +35,9 @@ logger = logging.getLogger("hfaug.serve")  # one name, under `hfaug serve` and o
 ONNX_FILES = {"int8": "model_quantized.onnx", "fp32": "model.onnx"}
 ONNX_SUBFOLDER = "onnx"  # where publish-model puts the ONNX files in a model repo
 #: the small files a predictor needs next to the model (config for labels, the tokenizer)
-SIDE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SIDE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "hfaug.json")
+#: beside the model: the student's languages, example texts in them, metrics and repos (hfaug writes it)
+INFO_FILE = "hfaug.json"
 NLI_LABELS = {"entailment", "neutral", "contradiction"}
 
 
@@ -81,6 +83,19 @@ def load_tokenizer(folder: Path, max_length: int):
     return tok
 
 
+def read_info(folder: Path) -> dict[str, Any]:
+    """The student's ``hfaug.json`` (languages, examples, metrics, repos), or {} when it has none."""
+    path = folder / INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # a broken file costs the examples and metrics, not the model
+        logger.warning("ignoring %s: %s", path, e)
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 class OnnxPredictor:
     """An exported sequence classifier: ``labels`` and ``predict_proba(texts, pairs=None)``.
 
@@ -102,6 +117,7 @@ class OnnxPredictor:
             raise ModelError(f"{folder}/config.json has no id2label: export a model with a classification head")
         self.labels: list[str] = [id2label[k] for k in sorted(id2label, key=int)]
         self.tokenizer = load_tokenizer(folder, max_length)
+        self.info: dict[str, Any] = read_info(folder)
         # the Rust tokenizer's truncation/padding state is per object: one caller at a time
         self._lock = threading.Lock()
         options = ort.SessionOptions()
@@ -237,8 +253,13 @@ def load_models(models: str | Mapping[str, str | Path], *, max_length: int = 128
     for name, ref in refs.items():
         try:
             out[name] = OnnxPredictor(resolve(str(ref)), max_length=max_length)
+            parsed = parse_ref(str(ref))
         except ModelError as e:
             raise ModelError(f"model '{name}': {e}") from None
+        if parsed.repo_id:  # served from the Hub: that repo (at that revision) is the model's link
+            out[name].info.setdefault("model_repo", parsed.repo_id)
+            if parsed.revision:
+                out[name].info["model_revision"] = parsed.revision
         logger.info("loaded %s from %s (%s)", name, out[name].path, ", ".join(out[name].labels))
     return out
 
@@ -246,35 +267,51 @@ def load_models(models: str | Mapping[str, str | Path], *, max_length: int = 128
 # ---------------------------------------------------------------------------------------------
 # the app
 
-#: a few examples per language and task (from the packaged demo data); the Space shows them by language
+#: language codes the built-in examples and the page name in words (others are shown as their code)
+LANGUAGE_NAMES = {"en": "English", "hi": "Hindi", "mr": "Marathi", "sw": "Swahili", "ur": "Urdu"}
+
+#: built-in examples per task and language code: the fallback for a student whose hfaug.json has
+#: no rows in a language (or that has no hfaug.json); the Space shows those of its students' languages
 EXAMPLES: dict[str, dict[str, list[list[str]]]] = {
     "sentiment": {
-        "English": [
+        "en": [
             ["This e-reader is light, the screen is easy on the eyes, and the battery lasts for weeks."],
             ["A boring, confusing horror film with no scares and terrible acting from the whole cast."],
         ],
-        "Hindi": [
+        "hi": [
             ["यह होटल बहुत साफ़-सुथरा था और कर्मचारियों का व्यवहार बेहद अच्छा था।"],
             ["होटल का कमरा गंदा था और शिकायत करने पर भी किसी ने ध्यान नहीं दिया।"],
         ],
-        "Marathi": [
+        "mr": [
             ["हे हॉटेल अतिशय स्वच्छ होते आणि कर्मचाऱ्यांचे वागणे खूप चांगले होते."],
             ["हॉटेलची खोली अस्वच्छ होती आणि तक्रार करूनही कोणी लक्ष दिले नाही."],
         ],
+        "ur": [
+            ["یہ ہوٹل بہت صاف ستھرا تھا اور عملے کا رویہ بہت اچھا تھا۔"],
+            ["ہوٹل کا کمرہ گندا تھا اور شکایت کرنے پر بھی کسی نے توجہ نہیں دی۔"],
+        ],
+        "sw": [
+            ["Hoteli hii ilikuwa safi sana na wafanyakazi walikuwa wakarimu mno."],
+            ["Chumba kilikuwa kichafu na hakuna aliyejali tulipolalamika."],
+        ],
     },
     "nli": {
-        "English": [
+        "en": [
             ["The cable car to the summit runs every fifteen minutes and stops operating when winds are strong.",
              "Strong winds can stop the cable car from running."],
             ["The cable car to the summit runs every fifteen minutes and stops operating when winds are strong.",
              "The cable car runs only once a day."],
         ],
-        "Hindi": [
+        "hi": [
             ["दिल्ली से मनाली जाने वाली बस रात आठ बजे चलती है और अगली सुबह पहुँचती है।", "मनाली की बस रात भर सफ़र करती है।"],
             ["दिल्ली से मनाली जाने वाली बस रात आठ बजे चलती है और अगली सुबह पहुँचती है।",
              "मनाली जाने वाली बस सुबह दिल्ली से रवाना होती है।"],
         ],
-        "Swahili": [
+        "ur": [
+            ["لاہور سے کراچی جانے والی ٹرین رات آٹھ بجے چلتی ہے اور اگلی شام پہنچتی ہے۔", "ٹرین رات بھر سفر کرتی ہے۔"],
+            ["لاہور سے کراچی جانے والی ٹرین رات آٹھ بجے چلتی ہے اور اگلی شام پہنچتی ہے۔", "ٹرین صبح لاہور سے روانہ ہوتی ہے۔"],
+        ],
+        "sw": [
             ["Basi la kwenda Mombasa linaondoka Nairobi saa tatu usiku na kufika asubuhi.",
              "Basi hilo husafiri wakati wa usiku."],
             ["Basi la kwenda Mombasa linaondoka Nairobi saa tatu usiku na kufika asubuhi.",
@@ -282,6 +319,78 @@ EXAMPLES: dict[str, dict[str, list[list[str]]]] = {
         ],
     },
 }
+
+
+def language_name(code: str) -> str:
+    return LANGUAGE_NAMES.get(code.split(":")[0], code)
+
+
+def run_examples(models: Mapping[str, Any], task: str | None, n_columns: int) -> dict[str, list[list[str]]]:
+    """Examples by language name for the students' own languages (their hfaug.json rows, else built-in).
+
+    Students without languages (no hfaug.json): every built-in language of the task.
+    """
+    builtin = EXAMPLES.get(task or "", {})
+    languages = list(dict.fromkeys(code for m in models.values() for code in (m.info.get("languages") or [])))
+    if not languages:
+        return {language_name(code): rows for code, rows in builtin.items()}
+    out: dict[str, list[list[str]]] = {}
+    for code in languages:
+        rows = [list(r) for m in models.values() for r in (m.info.get("examples") or {}).get(code, [])
+                if isinstance(r, (list, tuple)) and len(r) == n_columns]
+        rows = list({tuple(r): r for r in rows}.values()) or builtin.get(code, [])  # one of each, else built-in
+        if rows:
+            out[language_name(code)] = rows
+    return out
+
+
+def _hub_url() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _links(info: Mapping[str, Any]) -> list[str]:
+    """Markdown links to the student's model repo and its dataset repo, each at its revision."""
+    links = []
+    if info.get("model_repo"):
+        rev = info.get("model_revision") or info.get("revision") or "main"
+        links.append(f"model [`{info['model_repo']}@{rev}`]({_hub_url()}/{info['model_repo']}/tree/{rev})")
+    if info.get("dataset_repo"):
+        rev = info.get("revision") or "main"
+        links.append(f"dataset [`{info['dataset_repo']}@{rev}`]({_hub_url()}/datasets/{info['dataset_repo']}/tree/{rev})")
+    return links
+
+
+def students_markdown(models: Mapping[str, Any]) -> str:
+    """Every served student in one table: languages, accuracy / macro-F1 per test set, repos."""
+    lines = ["| model | languages | accuracy / macro-F1 | repos |", "|---|---|---|---|"]
+    for name, model in models.items():
+        info = model.info
+        scores = "; ".join(f"{language_name(k)} {100 * m['accuracy']:.1f}% / {100 * m['macro_f1']:.1f}%"
+                           for k, m in (info.get("metrics") or {}).items()
+                           if isinstance(m.get("accuracy"), (int, float)) and isinstance(m.get("macro_f1"), (int, float)))
+        lines.append(f"| {name} | {', '.join(language_name(c) for c in info.get('languages') or []) or '-'} | "
+                     f"{scores or '-'} | {' · '.join(_links(info)) or '-'} |")
+    return "\n".join(lines)
+
+
+def model_info_markdown(name: str, info: Mapping[str, Any]) -> str:
+    """One student's languages, metrics per test set and links to its model and dataset repos."""
+    lines = [f"**{name}**" + (f" ({', '.join(language_name(c) for c in info['languages'])})"
+                              if info.get("languages") else "")]
+    metrics = info.get("metrics") or {}
+    if metrics:
+        lines += ["", "| test set | accuracy | macro-F1 | rows |", "|---|---:|---:|---:|"]
+        for key, m in metrics.items():
+            cells = [f"{100 * m[k]:.1f}%" if isinstance(m.get(k), (int, float)) else "-" for k in ("accuracy", "macro_f1")]
+            lines.append(f"| {language_name(key)} (`{key}`) | {cells[0]} | {cells[1]} | {m.get('n', '-')} |")
+        if info.get("metrics_of"):
+            lines.append(f"\nmeasured on `{info['metrics_of']}`")
+    else:
+        lines.append("\nno test metrics recorded for this student")
+    links = _links(info)
+    if links:
+        lines.append("\n" + " · ".join(links))
+    return "\n".join(lines)
 
 
 def is_pair_model(labels: list[str]) -> bool:
@@ -320,8 +429,9 @@ def build_demo(models: Mapping[str, Any], *, pair: bool | None = None, max_chars
             raise ModelError(f"models '{names[0]}' and '{name}' predict different labels "
                              f"({labels} vs {models[name].labels}); serve one task per app")
     pair = is_pair_model(labels) if pair is None else pair
-    task = "nli" if pair else "sentiment" if set(labels) == {"negative", "neutral", "positive"} else None
-    examples = examples if examples is not None else EXAMPLES.get(task or "", {})
+    task = models[names[0]].info.get("task") or (
+        "nli" if pair else "sentiment" if set(labels) == {"negative", "neutral", "positive"} else None)
+    examples = examples if examples is not None else run_examples(models, task, 2 if pair else 1)
     title = title or ("Natural language inference" if pair else "Text classification") + " in many languages"
 
     def scores(name: str, texts: list[str], pairs: list[str] | None) -> dict[str, float]:
@@ -329,6 +439,12 @@ def build_demo(models: Mapping[str, Any], *, pair: bool | None = None, max_chars
             raise gr.Error(f"Unknown model '{name}'; choose one of: {', '.join(names)}.", title="Unknown model")
         probs = models[name].predict_proba(texts, pairs)[0]
         return {label: float(p) for label, p in zip(models[name].labels, probs)}
+
+    def model_info(model: str) -> str:
+        """The chosen student's languages, metrics and repo links (Markdown)."""
+        if model not in models:
+            raise gr.Error(f"Unknown model '{model}'; choose one of: {', '.join(names)}.", title="Unknown model")
+        return model_info_markdown(model, models[model].info)
 
     # named parameters become the API's parameter names (gradio_client's predict(text=..., model=...))
     def predict_text(text: str, model: str) -> dict[str, float]:
@@ -343,6 +459,8 @@ def build_demo(models: Mapping[str, Any], *, pair: bool | None = None, max_chars
                     "Students distilled with [hfaug](https://arxiv.org/abs/2407.10582) (LLM-based augmentations "
                     "with data selection), served as ONNX. Labels: " + ", ".join(labels) +
                     f". Up to {max_chars} characters per box.")
+        with gr.Accordion(f"Students ({len(names)})", open=len(names) > 1):
+            gr.Markdown(students_markdown(models), elem_id="students")
         with gr.Row():
             with gr.Column(scale=3):
                 if pair:
@@ -353,12 +471,14 @@ def build_demo(models: Mapping[str, Any], *, pair: bool | None = None, max_chars
                                         placeholder="Type a sentence in any language the student knows")]
                 model = gr.Dropdown(names, value=names[0], label="Model (student / language)", elem_id="model")
                 button = gr.Button("Classify", variant="primary", elem_id="classify")
+                info = gr.Markdown(model_info(names[0]), elem_id="model-info")
             with gr.Column(scale=2):
                 output = gr.Label(num_top_classes=len(labels), label="Label probabilities", elem_id="prediction")
         for language, rows in examples.items():
             gr.Examples(rows, inputs=boxes, label=f"{language} examples", cache_examples=False)
         gr.on([button.click, *[b.submit for b in boxes]], predict_pair if pair else predict_text,
               inputs=[*boxes, model], outputs=output, api_name="predict")
+        model.change(model_info, inputs=model, outputs=info, api_name="model_info")
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue)
     return demo
 

@@ -33,7 +33,11 @@ def test_demo_nli_runs_every_stage_through_the_parity_gate(tmp_path, capsys, tin
         assert (run_dir / stage.name / "manifest.json").is_file(), stage.name
         assert f"\n{stage.name:<17} ran" in out
     candidates = datasets.load_from_disk(str(run_dir / "label" / "data"))
-    assert {"premise", "hypothesis", "soft_label"} <= set(candidates.column_names) and len(candidates) == 18
+    assert {"premise", "hypothesis", "soft_label"} <= set(candidates.column_names)
+    # 6 premises x 3 hypotheses, less what cleaning dropped (each counted under its reason)
+    generated = json.loads((run_dir / "generate" / "manifest.json").read_text())
+    assert len(candidates) == generated["rows_out"]["data"] > 0
+    assert 18 - len(candidates) <= sum(generated["dropped"].values())
     # the parity gate ran on both variants and passed (a failure exits 2)
     export = json.loads((run_dir / "export" / "manifest.json").read_text())
     for variant in ("fp32", "int8"):
@@ -42,3 +46,8 @@ def test_demo_nli_runs_every_stage_through_the_parity_gate(tmp_path, capsys, tin
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     assert metrics["labels"] == ["entailment", "neutral", "contradiction"]
     assert set(metrics["results"]["int8/sw-divk-5"]) == {"sw"}
+    # what the Space shows, beside the ONNX model: the run's Swahili pairs and the student's test metrics
+    info = json.loads((run_dir / "export" / "int8" / "sw-divk-5" / "hfaug.json").read_text(encoding="utf-8"))
+    assert info["task"] == "nli" and info["languages"] == ["sw"] and set(info["metrics"]) == {"sw"}
+    select = datasets.load_from_disk(str(run_dir / "select" / "sw-divk-5"))
+    assert info["examples"]["sw"] == [[r["premise"], r["hypothesis"]] for r in select.select(range(3))]

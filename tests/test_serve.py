@@ -418,3 +418,97 @@ def test_space_deploys_from_its_folder_alone_in_a_fresh_venv(published_student, 
                                  (fp32, "v1", "model.onnx")):
         clf = space.OnnxPredictor(published_student[folder] / "onnx" / file)
         assert probs(result) == pytest.approx(dict(zip(clf.labels, clf.predict_proba([POSITIVE])[0])), abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# what the Space shows about each student: examples in its languages, its metrics, its repos
+
+
+def swahili_run(tmp_path: Path, nli_student: Path) -> Run:
+    """An NLI run into Swahili up to its evaluate and publish stages (the stages' layouts, a real student)."""
+    import json
+
+    import datasets
+
+    from hfaug.config import load_recipe
+
+    recipe = {"name": "sw-run", "task": "nli", "output_dir": str(tmp_path / "runs"),
+              "source": {"path": "hfaug://data/demo/nli_en.jsonl"}, "translate": {"languages": ["sw"]},
+              "publish": {"repo_id": "org/sw-run", "retry_wait": 0.01, "retries": 1}}
+    run = Run(load_recipe(recipe))
+    sw = demo_rows("nli_sw")[3:8]  # rows the built-in examples do not have
+
+    def select(ctx):
+        return StageResult(datasets={"sw-divk-5": datasets.Dataset.from_dict(
+            {"premise": [r["premise"] for r in sw], "hypothesis": [r["hypothesis"] for r in sw], "lang": ["sw"] * 5})})
+
+    def distill(ctx):
+        folder = ctx.out_dir / "students" / "sw-divk-5"
+        shutil.copytree(nli_student, folder, ignore=shutil.ignore_patterns("*.onnx"))  # stands for the PyTorch student
+        (folder / "metrics.json").write_text(json.dumps({"test": {"sw": {"accuracy": 0.5, "macro_f1": 0.4, "n": 9}},
+                                                         "subset": {"name": "sw-divk-5", "lang": "sw"}}))
+        return StageResult()
+
+    def export(ctx):
+        shutil.copytree(nli_student, ctx.out_dir / "onnx" / "sw-divk-5")
+        return StageResult()
+
+    def evaluate(ctx):  # evaluate's figures win over the ones distill saved
+        (ctx.out_dir / "metrics.json").write_text(json.dumps({"results": {
+            "onnx/sw-divk-5": {"sw": {"accuracy": 0.625, "macro_f1": 0.55, "n": 120}}}}))
+        return StageResult()
+
+    def publish(ctx):  # the dataset published by the publish stage
+        return StageResult(metrics={"repo_id": "org/sw-run", "tag": "v1"})
+
+    for name, fn in (("select", select), ("distill", distill), ("export", export), ("evaluate", evaluate),
+                     ("publish", publish)):
+        execute(run, name, fn, None, [], force=True)
+    return run
+
+
+def test_swahili_run_space_offers_swahili_examples_metrics_and_repo_links(onnx_models, tmp_path, hub):
+    from hfaug import pipeline
+    from hfaug.serve import space
+
+    run = swahili_run(tmp_path, onnx_models["nli"])
+    manifest, _ = pipeline.run_stage(run, "publish-model", force=True)
+    entry = manifest["metrics"]["students"]["sw-divk-5"]
+    assert "onnx/hfaug.json" in hub.files(entry["repo_id"], entry["tag"], repo_type="model")
+
+    # the Space as deployed: the student served from its model repo on the Hub
+    models = load_models({"swahili": entry["repo_id"]})
+    demo = build_demo(models)
+    try:
+        c = client(launch(demo, port=free_port()))
+        examples = {comp["props"].get("label"): comp["props"]["samples"] for comp in c.config["components"]
+                    if comp.get("type") == "dataset"}
+        sw = demo_rows("nli_sw")[3:6]
+        # the run's own Swahili pairs (premise, hypothesis), and no other language's
+        assert examples == {"Swahili examples": [[r["premise"], r["hypothesis"]] for r in sw]}
+        info = c.predict("swahili", api_name="/model_info")
+        assert "**swahili** (Swahili)" in info and "| 62.5% | 55.0% | 120 |" in info and "onnx/sw-divk-5" in info
+        assert f"{hub.url}/{entry['repo_id']}/tree/{entry['tag']}" in info  # the model repo at its tag
+        assert f"{hub.url}/datasets/org/sw-run/tree/v1" in info  # the dataset it learned from
+        table = next(comp["props"]["value"] for comp in c.config["components"]
+                     if comp["props"].get("elem_id") == "students")  # every student at a glance
+        assert "| swahili | Swahili | Swahili 62.5% / 55.0% |" in table and f"{entry['repo_id']}@{entry['tag']}" in table
+    finally:
+        demo.close()
+
+    # `hfaug serve` on the run itself: the same examples, metrics and dataset link, read from the run
+    from hfaug.serve import ServeConfig, serve
+
+    demo = serve(run, ServeConfig(port=free_port()), block=False)
+    try:
+        c = client(demo.local_url)
+        assert [comp["props"]["samples"] for comp in c.config["components"] if comp.get("type") == "dataset"] == [
+            [[r["premise"], r["hypothesis"]] for r in sw]]
+        info = c.predict("sw-divk-5", api_name="/model_info")
+        assert "| 62.5% | 55.0% | 120 |" in info and f"{hub.url}/datasets/org/sw-run/tree/v1" in info
+    finally:
+        demo.close()
+
+    # a student that has no rows in its language gets the built-in ones of that language code
+    stub = type("Stub", (), {"info": {"languages": ["ur"]}, "labels": ["entailment", "neutral", "contradiction"]})()
+    assert space.run_examples({"ur": stub}, "nli", 2) == {"Urdu": space.EXAMPLES["nli"]["ur"]}
