@@ -164,6 +164,66 @@ def test_resume_after_kill_sends_only_missing_requests(tgi, tmp_path):
     assert tgi.stats()["distinct_answered"] == 120
 
 
+KILLED_MID_RUN = r"""
+import os, signal, sys
+from hfaug.generate.backends import DummyBackend
+from hfaug.generate.cache import RequestCache
+from hfaug.generate.engine import run_requests, run_sync
+from hfaug.prompts import Request
+
+class KilledAfter(DummyBackend):
+    # answers 25 requests, then the process is killed (kill -9) while asking for the 26th
+    async def agenerate(self, requests, params):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls > 25:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await super().agenerate(requests, params)
+
+requests = [Request("review", "positive", i, (("user", f"review {i}"),), i) for i in range(40)]
+cache = RequestCache(sys.argv[1], commit_rows=10, commit_seconds=3600)
+run_sync(run_requests(KilledAfter("m", batch_size=1), requests, {}, cache=cache, concurrency=1, progress=False))
+"""
+
+
+def test_cache_commits_in_batches_and_a_rerun_resends_only_the_uncommitted(tmp_path):
+    from hfaug.generate.backends import DummyBackend
+    from hfaug.generate.cache import RequestCache
+    from hfaug.generate.engine import run_requests, run_sync
+    from hfaug.prompts import Request
+
+    path = tmp_path / "a" / "requests.sqlite"
+
+    def committed() -> int:  # what another process sees: only committed rows
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT COUNT(*) FROM requests WHERE status = 'ok'").fetchone()[0]
+
+    # one commit per batch of rows, not per row; flush and close commit the rest
+    with RequestCache(path, commit_rows=10, commit_seconds=3600) as cache:
+        for i in range(25):
+            cache.put(f"k{i}", {"text": f"t{i}"})
+        assert committed() == 20 and cache.commits == 2
+        cache.flush()
+        assert committed() == 25 and cache.commits == 3
+        cache.put("k25", {"text": "t25"})
+    assert committed() == 26
+    path = tmp_path / "b" / "requests.sqlite"
+    path.parent.mkdir()
+
+    # a run killed after 25 replies keeps its two committed batches (20 rows) and loses the open one
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_RUN, str(path)], env=env, cwd=ROOT, timeout=120,
+                          capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert committed() == 20
+    # the rerun sends only what was not committed
+    requests = [Request("review", "positive", i, (("user", f"review {i}"),), i) for i in range(40)]
+    with RequestCache(path) as cache:
+        outcome = run_sync(run_requests(DummyBackend("m", batch_size=1), requests, {}, cache=cache, concurrency=1,
+                                        progress=False))
+    assert outcome.stats["cached"] == 20 and outcome.stats["sent"] == 20
+    assert len(outcome.results) == 40 and committed() == 40
+
+
 def test_ten_percent_faults_complete_and_count_retries(tgi, tmp_path):
     tgi.configure(fault_rate=0.1, faults=["429", "503", "timeout", "malformed", "disconnect"], timeout_s=1.0, seed=3)
     run = make_run(tmp_path, "sentiment", {"backend": "tgi", "endpoints": [tgi.url], "n_per_class": 30,

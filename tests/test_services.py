@@ -86,6 +86,42 @@ def test_an_adapter_tgi_did_not_load_is_refused(tmp_path):
         assert len(out["raw"]) == 9
 
 
+def test_the_token_is_resolved_once_per_backend_not_per_request(monkeypatch):
+    """huggingface_hub reads the login token (file or environment) for the api key and again for the
+    headers of every request unless the client holds one; hfaug resolves it at backend start."""
+    import huggingface_hub.inference._providers._common as common
+    import huggingface_hub.inference._providers.hf_inference as hf_inference
+    import huggingface_hub.utils._headers as headers
+
+    from hfaug.generate import backends
+
+    reads = []
+    real = common.get_token
+
+    def counted():
+        reads.append(1)
+        return real()
+
+    for module in (common, hf_inference, headers):
+        monkeypatch.setattr(module, "get_token", counted)
+    monkeypatch.setattr(backends, "get_token", counted, raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with TGIServer() as server:
+        backend = TGIBackend("m", [server.url], prompt_format="plain")
+        out, _, _ = generate(config(server.url, prompt_format="plain", n_per_class=10), SENTIMENT, seed=1,
+                             backend=backend)
+        assert server.stats()["authorization"] == {"None": 30}  # and the placeholder is never sent
+    assert len(out["raw"]) == 30 and reads == []
+
+
+def test_a_prompt_is_rendered_once_per_distinct_messages():
+    backend = TGIBackend("m", ["http://127.0.0.1:1"], prompt_format="llama2")
+    chats = [(("system", "Be brief."), ("user", f"Write review {i % 3}.")) for i in range(30)]
+    rendered = [backend.render(Request("review", "positive", i, chat, seed=i)) for i, chat in enumerate(chats)]
+    assert len(backend._rendered) == 3  # one template render per distinct message tuple
+    assert rendered[4] == rendered[1] == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nWrite review 1. [/INST]"
+
+
 def test_the_token_goes_only_where_it_belongs(tmp_path, monkeypatch):
     from hfaug.generate.backends import token_for
 

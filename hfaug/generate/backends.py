@@ -128,6 +128,10 @@ class Backend:
 # servers
 
 
+#: what the pooled client is given for "no token": never sent (its Authorization header is replaced)
+_NO_TOKEN = "hfaug-no-token"
+
+
 def _pooled_client_class():
     """An AsyncInferenceClient that sends every request through one shared aiohttp session.
 
@@ -151,7 +155,10 @@ def _pooled_client_class():
 
     class PooledAsyncInferenceClient(AsyncInferenceClient):
         def __init__(self, *args, session=None, auth: str | None = None, **kwargs):
-            super().__init__(*args, token=auth, **kwargs)
+            # token None makes the library read the login token file twice per request (the api key,
+            # then the headers); over the shared session the Authorization header is hfaug's anyway
+            # (see _get_client_session), so a placeholder resolves it once, here, and is never sent
+            super().__init__(*args, token=auth or (_NO_TOKEN if session is not None else None), **kwargs)
             self._shared_session = session
             self._auth = auth
 
@@ -352,6 +359,7 @@ class TGIBackend(_ServerBackend):
             source = PROMPT_FORMATS.get(prompt_format, prompt_format)
             self._template = jinja2.Environment(keep_trailing_newline=True).from_string(source)
         self._tokenizer = None
+        self._rendered: dict[tuple, str] = {}
 
     async def start(self) -> None:
         await super().start()
@@ -382,7 +390,19 @@ class TGIBackend(_ServerBackend):
         raise HfaugError(f"generate.prompt_format is auto but the model's chat template is not available ({why}); "
                          f"set generate.prompt_format to llama2, chatml, zephyr, plain or a Jinja chat template")
 
+    #: rendered prompts kept per distinct message tuple (many requests share a prompt, differing by seed)
+    RENDER_CACHE = 4096
+
     def render(self, request: Request) -> str:
+        text = self._rendered.get(request.messages)
+        if text is None:
+            text = self._render(request)
+            if len(self._rendered) >= self.RENDER_CACHE:
+                self._rendered.clear()
+            self._rendered[request.messages] = text
+        return text
+
+    def _render(self, request: Request) -> str:
         if self._template is not None:
             return self._template.render(messages=request.chat)
         tok = self._tokenizer
@@ -535,6 +555,7 @@ class OpenAIBackend(_ServerBackend):
         self.dropped: dict[str, set[str]] = {url: set() for url in self.endpoints}
         self.replies = 0
         self.empty = 0
+        self._endpoint_headers: dict[str, dict] = {}
 
     def _client_for(self, cls, url):
         return None  # requests go straight over the shared session (see _one)
@@ -577,10 +598,14 @@ class OpenAIBackend(_ServerBackend):
         return f"{self._base(url)}/v1/chat/completions"
 
     def _headers_for(self, url: str) -> dict:
-        headers = dict(self.headers)
-        token = self.tokens.get(url.rstrip("/"))
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        # resolved once per endpoint: a request only looks them up
+        headers = self._endpoint_headers.get(url)
+        if headers is None:
+            headers = dict(self.headers)
+            token = self.tokens.get(url.rstrip("/"))
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            self._endpoint_headers[url] = headers
         return headers
 
     def _constraint(self, url: str, params: dict[str, Any]) -> dict[str, Any]:

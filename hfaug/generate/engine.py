@@ -1,6 +1,9 @@
 """Sending requests: bounded concurrency, retries with exponential backoff and jitter, the
 cache written as each request finishes, and a progress bar with rows done, failures and rate.
 
+Finished requests are committed to the cache in small batches (every 64 rows or 0.25 s, and when
+the run ends, error or not), so a killed run loses at most that last batch, which a rerun sends.
+
 A validation error (422 and the like) stops new requests, lets those in flight finish (and be
 cached), then ends the run with one line quoting the server. A request still failing after its
 retries is recorded as failed in the cache, never turned into an empty row, and the next run
@@ -240,9 +243,20 @@ async def run_requests(backend: Backend, requests: list[Request], params: dict[s
                 return
             await send(batch)
 
+    async def committer() -> None:
+        # the cache commits in batches (see RequestCache): a reply that finished is committed
+        # within commit_seconds even when no other reply follows it
+        while True:
+            await asyncio.sleep(cache.commit_seconds)
+            cache.flush()
+
+    flusher = asyncio.ensure_future(committer()) if cache is not None else None
     try:
         await asyncio.gather(*(worker() for _ in range(workers)))
     finally:
+        if flusher is not None:
+            flusher.cancel()
+            cache.flush()  # also when the run ends on an error: what finished is kept
         if ledger is not None:
             ledger.save(outcome.stats, force=True)
         if bar is not None:
