@@ -322,7 +322,9 @@ class _ServerBackend(Backend):
         url = self._pick()
         self._busy[url] += 1
         try:
-            gen = await self._one(self._clients[url], request, params)
+            gen = await self._send(url, request, params)
+        except RequestError:
+            raise
         except Exception as e:
             raise classify_error(e) from e
         finally:
@@ -330,7 +332,8 @@ class _ServerBackend(Backend):
         gen.endpoint = url
         return [gen]
 
-    async def _one(self, client, request: Request, params: dict[str, Any]) -> Generation:
+    async def _send(self, url: str, request: Request, params: dict[str, Any]) -> Generation:
+        """One request to ``url``; the protocol's own part of :meth:`agenerate`."""
         raise NotImplementedError
 
 
@@ -432,6 +435,9 @@ class TGIBackend(_ServerBackend):
                 raise HfaugError(f"generate.adapter_id '{self.adapter_id}': the server at {url} answers exactly as "
                                  f"without it (TGI serves the base model for an adapter it did not load); start TGI "
                                  f"with --lora-adapters {self.adapter_id} or fix the id")
+
+    async def _send(self, url: str, request: Request, params: dict[str, Any]) -> Generation:
+        return await self._one(self._clients[url], request, params)
 
     async def _one(self, client, request: Request, params: dict[str, Any]) -> Generation:
         kwargs = {k: params[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty",
@@ -645,22 +651,7 @@ class OpenAIBackend(_ServerBackend):
         body["stream"] = not params.get("top_n_tokens")
         return {k: v for k, v in body.items() if v is not None and k not in self.dropped[url]}
 
-    async def agenerate(self, requests: list[Request], params: dict[str, Any]) -> list[Generation]:
-        (request,) = requests
-        url = self._pick()
-        self._busy[url] += 1
-        try:
-            gen = await self._post(url, request, params)
-        except RequestError:
-            raise
-        except Exception as e:
-            raise classify_error(e) from e
-        finally:
-            self._busy[url] -= 1
-        gen.endpoint = url
-        return [gen]
-
-    async def _post(self, url: str, request: Request, params: dict[str, Any]) -> Generation:
+    async def _send(self, url: str, request: Request, params: dict[str, Any]) -> Generation:
         import aiohttp
 
         for _ in range(len(OPTIONAL_FIELDS) + 1):
