@@ -830,7 +830,6 @@ def run(ctx: StageContext) -> StageResult:
 
     from . import results as R
 
-    config = ctx.config
     task = ctx.task
     gold_train, gold_dev, gold_desc, subsets, students = _prepare(ctx)
     test_sets = _load_test_sets(ctx)  # read before training: a bad test set fails fast

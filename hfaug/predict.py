@@ -79,7 +79,7 @@ class OnnxClassifier:
             from transformers import AutoTokenizer
         except ImportError as e:
             raise ImportError(f"ONNX inference needs onnxruntime and transformers ({e}); "
-                              "pip install 'hfaug[serve]'") from e
+                              "pip install 'hfaug[export]'") from e
 
         self.path = Path(path)
         model_file = self.path / ONNX_FILE if self.path.is_dir() else self.path

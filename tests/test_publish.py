@@ -716,10 +716,9 @@ def test_the_offline_demo_models_make_no_request_even_with_a_token(tmp_path):
     """The offline demo's first steps (building the tiny models, loading the packaged data) with a token
     set and HF_HUB_OFFLINE unset: nothing may leave 127.0.0.1 (tests/netguard refuses and logs it)."""
     import os
+    import shutil
     import subprocess
     import sys
-
-    import shutil
 
     from hfaug.testing import tiny_model
 

@@ -107,7 +107,7 @@ def test_custom_task_needs_a_prompt_per_label_and_uses_its_own_order():
     recipe = load_recipe({**base, "generate": {"backend": "dummy", "templates": templates}})
     assert resolve_task(recipe.run.task).labels == ("billing", "bug", "other")
     text = "\n".join(prompt_lines(recipe))
-    for label, prompt in templates.items():
+    for prompt in templates.values():
         assert prompt in text
     with pytest.raises(HfaugError, match="'bugs' is neither a template key nor a label"):
         load_recipe({**base, "generate": {"backend": "dummy", "templates": {**templates, "bugs": "x"}}})

@@ -199,8 +199,8 @@ def distilabel_python() -> tuple[str | None, str]:
 
 def compare(n: int, work: Path, latency: float = 0.05, concurrency: int = 32) -> dict:
     import yaml
-
     from bench_generate import run_raw
+
     from hfaug.config import load_recipe
     from hfaug.runs import Run
 
