@@ -806,8 +806,11 @@ def release(ctx: StageContext, targets: list[Target], token: str) -> tuple[str, 
 
 def release_section(tag: str, dataset: str | None, models: list[str]) -> str:
     """The card section that names every repo of the release (each card names the others)."""
-    parts = ([f"the dataset [`{dataset}`](https://huggingface.co/datasets/{dataset}/tree/{tag})"] if dataset else [])
-    parts += [f"the student [`{m}`](https://huggingface.co/{m}/tree/{tag})" for m in models]
+    from huggingface_hub import constants
+
+    hub = constants.ENDPOINT.rstrip("/")  # the Hub the release goes to (HF_ENDPOINT for a private one)
+    parts = ([f"the dataset [`{dataset}`]({hub}/datasets/{dataset}/tree/{tag})"] if dataset else [])
+    parts += [f"the student [`{m}`]({hub}/{m}/tree/{tag})" for m in models]
     return (f"\n\n## Release {tag}\n\nThis repo is one part of hfaug release `{tag}`: {', '.join(parts)}. "
             f"Every part carries the tag `{tag}`; load them with `revision=\"{tag}\"`.\n")
 

@@ -84,6 +84,18 @@ def _isolated_hf_home(tmp_path, monkeypatch):
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train fastest on one thread; on a shared CPU two threads spin against each
+    other (several times slower). Modules that train use it with ``pytestmark``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """Folders of the tiny models, by kind: encoder, chat-lm, mt, embedder."""

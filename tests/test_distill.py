@@ -20,15 +20,7 @@ datasets = pytest.importorskip("datasets")
 
 from hfaug import distill as D  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models train fastest on one thread; on a loaded machine two threads spin against
-    each other (several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SENTIMENT = get_task("sentiment")
 SOURCE = {"path": "hfaug://data/demo/sentiment_en.jsonl", "dev": {"path": "hfaug://data/demo/sentiment_en_dev.jsonl"}}

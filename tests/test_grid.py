@@ -26,12 +26,7 @@ SOURCE = {"path": "hfaug://data/demo/sentiment_en.jsonl", "dev": {"path": "hfaug
 TEST_SETS = [{"path": "hfaug://data/demo/sentiment_hi.jsonl", "lang": "hi"}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------

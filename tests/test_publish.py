@@ -604,7 +604,7 @@ def test_a_release_pushes_nothing_before_every_gate_then_one_tag_everywhere(hub,
     assert "v3" in hub.repo(REPO).tags and all("v3" in hub.repo(r, "model").tags for r in repos[1:])
     # each card names the other parts of the release at the same tag
     dataset_card = hub.files(REPO, "v3")["README.md"].decode()
-    assert all(f"[`{r}`](https://huggingface.co/{r}/tree/v3)" in dataset_card for r in repos[1:])
+    assert all(f"[`{r}`]({hub.url}/{r}/tree/v3)" in dataset_card for r in repos[1:])
     for student in repos[1:]:
         card = hub.files(student, "v3", repo_type="model")["README.md"].decode()
         assert f"datasets/{REPO}/tree/v3" in card and f'"{REPO}"' in card and "revision: v3" not in card

@@ -29,15 +29,7 @@ FAST = dict(model="hfaug://tiny/mt", num_beams=1, do_sample=True, no_repeat_ngra
             max_new_tokens=16, min_new_tokens=6, batch_size=8, min_script_ratio=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models gain nothing from threads, and on a shared CPU spinning threads cost 2x."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 REAL_GENERATE = Translator.generate

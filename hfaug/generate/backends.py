@@ -262,9 +262,6 @@ class _ServerBackend(Backend):
         self._busy = {url: 0 for url in self.endpoints}
         self.info: dict[str, dict] = {}
 
-    def _client(self, url: str):
-        raise NotImplementedError
-
     async def start(self) -> None:
         import aiohttp
 
