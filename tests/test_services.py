@@ -123,7 +123,7 @@ def test_a_prompt_is_rendered_once_per_distinct_messages():
 
 
 def test_the_token_goes_only_where_it_belongs(tmp_path, monkeypatch):
-    from hfaug.generate.backends import HUB_HOST_SUFFIXES, token_for
+    from hfaug.generate.backends import HUB_HOST, HUB_HOST_SUFFIXES, token_for
 
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     for backend in ("tgi", "openai"):
@@ -134,10 +134,11 @@ def test_the_token_goes_only_where_it_belongs(tmp_path, monkeypatch):
                      SENTIMENT, seed=2)
             assert server.stats()["authorization"]["Bearer hf_secret_value"] == 9, backend
     # Hub hosts are only named, never reached: token_for reads the URL and opens no connection
-    hub_host, endpoints_suffix = HUB_HOST_SUFFIXES[0], HUB_HOST_SUFFIXES[2]
-    assert token_for(f"https://router.{hub_host}/v1", "t") == "t"
-    assert token_for(f"https://x{endpoints_suffix}", "t") == "t"
-    assert token_for(f"http://{hub_host}.evil.example", "t") is None
+    assert token_for(f"https://{HUB_HOST}", "t") == "t"
+    assert token_for(f"https://router{HUB_HOST_SUFFIXES[0]}/v1", "t") == "t"
+    assert token_for(f"https://x.endpoints{HUB_HOST_SUFFIXES[-1]}", "t") == "t"
+    assert token_for(f"http://{HUB_HOST}.evil.example", "t") is None
+    assert token_for(f"https://evil{HUB_HOST}", "t") is None  # a look-alike host, not a subdomain
     assert token_for("https://gpu-box.example:8080", "t") is None
     assert token_for("https://gpu-box.example:8080", "t", ["https://gpu-box.example:8080/"]) == "t"
     with pytest.raises(HfaugError, match="plain http to another host"):

@@ -219,7 +219,10 @@ def classify_error(exc: BaseException) -> RequestError:
 
 
 #: hosts that are the Hub's own inference services: the Hub token is theirs
-HUB_HOST_SUFFIXES = ("huggingface.co", ".hf.space", ".endpoints.huggingface.cloud", ".huggingface.cloud")
+# the Hub's own hosts: the apex and its subdomains only (a dotted suffix, so that a look-alike
+# such as "evilhuggingface.co" never gets the token)
+HUB_HOST = "huggingface.co"
+HUB_HOST_SUFFIXES = (".huggingface.co", ".hf.space", ".huggingface.cloud")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
@@ -234,7 +237,7 @@ def token_for(url: str, token: str | None, token_endpoints=()) -> str | None:
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     listed = url.rstrip("/") in {u.rstrip("/") for u in token_endpoints}
-    hub = parts.scheme == "https" and (host == "huggingface.co" or host.endswith(HUB_HOST_SUFFIXES))
+    hub = parts.scheme == "https" and (host == HUB_HOST or host.endswith(HUB_HOST_SUFFIXES))
     if not (hub or listed):
         return None
     if parts.scheme != "https" and host not in LOCAL_HOSTS:
