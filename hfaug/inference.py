@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import HfaugError
+from .layout import ONNX_FILE
 
 if TYPE_CHECKING:
     import datasets
@@ -120,7 +121,7 @@ def load_classifier(path, **kw):
     from .config import resolve
 
     folder = Path(str(resolve(str(path))))
-    if folder.is_dir() and (folder / "model.onnx").is_file():
+    if folder.is_dir() and (folder / ONNX_FILE).is_file():
         try:
             from .predict import OnnxClassifier
         except ModuleNotFoundError as e:

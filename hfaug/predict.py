@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from .layout import ONNX_FILE
 
-ONNX_FILE = "model.onnx"
+logger = logging.getLogger(__name__)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

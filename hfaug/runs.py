@@ -1,6 +1,6 @@
 """Run directories, manifests, skip-if-unchanged and atomic writes.
 
-A run lives in ``<output_dir>/<name>/``::
+A run lives in ``<output_dir>/<name>/`` (every stage's files: :mod:`hfaug.layout`)::
 
     recipe.yaml              the resolved recipe of the last run
     <stage>/                 one folder per stage, replaced atomically when the stage finishes
@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Recipe, to_dict
 from .errors import HfaugError
+from .layout import LOCK, MANIFEST, RECIPE_FILE, stage_cache_dir
 
 if TYPE_CHECKING:
     import datasets
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-LOCK = ".lock"
 VERSIONED_PACKAGES = (
     "hfaug", "torch", "transformers", "datasets", "huggingface_hub", "accelerate",
     "optimum", "optimum-onnx", "onnxruntime", "sentence-transformers", "trl", "gradio",
@@ -220,7 +219,7 @@ class Run:
         return [name for name in manifest.get("files", []) if not (folder / name).exists()]
 
     def cache_dir(self, stage: str) -> Path:
-        path = self.root / "cache" / stage
+        path = stage_cache_dir(self.root, stage)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -260,8 +259,8 @@ class Run:
         return list(manifest.get("rows_out", {}))
 
     def save_recipe(self) -> None:
-        path = self.root / "recipe.yaml"
-        tmp = path.with_name(".recipe.yaml.tmp")
+        path = self.root / RECIPE_FILE
+        tmp = path.with_name(f".{RECIPE_FILE}.tmp")
         tmp.write_text(self.recipe.to_yaml(), encoding="utf-8")
         os.replace(tmp, path)
 
