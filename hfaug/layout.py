@@ -10,7 +10,7 @@ A run lives in ``<output_dir>/<name>/``::
         generate/requests.sqlite     every LLM request and its answer               REQUESTS_DB
         teacher/trainer/, adapt/<key>/checkpoints/, distill/<student>/<key>/checkpoints/
                                      Trainer checkpoints, removed once the model is saved
-        publish/release.json         how far a release got (commits, tags)          RELEASE_FILE
+        publish-model/release.json   how far a release got (commits, tags)          RELEASE_FILE
     <stage>/                         one folder per stage, swapped in when it finished
         manifest.json                config, hash, rows in/out, dropped by reason   MANIFEST
         <dataset>/                   each output dataset (datasets.save_to_disk)
@@ -37,9 +37,11 @@ A run lives in ``<output_dir>/<name>/``::
         metrics.json, metrics.md     every model on every test set                  EVAL_JSON, EVAL_MD
     publish/
         hub-layout/                  the dataset repo as pushed                     HUB_LAYOUT_DIR
-        hub-layout/<student>/        publish-model: a student's model repo:
+    publish-model/
+        hub-layout/<name>/           a student's model repo: the PyTorch model and
             onnx/model.onnx          fp32 (Optimum's names, read by the Space)      REPO_ONNX_DIR
             onnx/model_quantized.onnx   int8                                        REPO_INT8_FILE
+        dataset/                     a release's dataset repo (same tag)            RELEASE_DATASET_DIR
 
 The Space (spaces/hfaug_space.py) runs without hfaug, so it keeps its own copies of the model
 repo names; tests/test_layout.py checks that they equal these.
@@ -59,7 +61,7 @@ LOCK = ".lock"
 MANIFEST = "manifest.json"
 CACHE_DIR = "cache"
 REQUESTS_DB = "requests.sqlite"  # in cache/generate/
-RELEASE_FILE = "release.json"  # in cache/publish/
+RELEASE_FILE = "release.json"  # in cache/publish-model/
 FIGURES_DIR = "figures"  # a stage's (select) or a grid's figures
 CARD = "README.md"  # a model's or a dataset's card, beside it
 
