@@ -6,7 +6,6 @@ import doctest
 import importlib.metadata
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -51,6 +50,7 @@ def _pairs(requirements, extra=None):
 
 
 def test_hints_name_the_extra_that_carries_the_package():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = _pairs(project["dependencies"])
     for extra, requirements in project["optional-dependencies"].items():
