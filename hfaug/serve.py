@@ -31,6 +31,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import HfaugError, did_you_mean
+from .extras import missing
 from .layout import INT8_DIR, ONNX_DIR, ONNX_FILE, export_dirs
 from .space_info import student_info
 
@@ -98,14 +99,6 @@ class ServeConfig:
 # loading models and the app (the Space's code, its errors as hfaug's one-line errors)
 
 
-def resolve_model(ref: str) -> Path:
-    """The local ONNX file of a reference: a folder, ``owner/name[/sub][@revision][:int8|:fp32]``."""
-    try:
-        return space.resolve(ref)
-    except space.ModelError as e:
-        raise HfaugError(str(e)) from None
-
-
 def load_models(models: str | Mapping[str, str | Path], *, max_length: int = 128) -> dict[str, Any]:
     """ONNX predictors by display name, from ``"name=ref,..."`` or a {name: ref} mapping."""
     try:
@@ -114,7 +107,7 @@ def load_models(models: str | Mapping[str, str | Path], *, max_length: int = 128
     except space.ModelError as e:
         raise HfaugError(str(e)) from None
     except ImportError as e:
-        raise HfaugError(f"serving needs onnxruntime and tokenizers ({e}); pip install 'hfaug[serve]'") from None
+        raise missing("serving", e, prefer="serve") from None
 
 
 def build_demo(models: Mapping[str, Any], **options: Any) -> "gr.Blocks":
@@ -122,7 +115,7 @@ def build_demo(models: Mapping[str, Any], **options: Any) -> "gr.Blocks":
     try:
         import gradio  # noqa: F401
     except ImportError as e:
-        raise HfaugError(f"serving needs gradio ({e}); pip install 'hfaug[serve]'") from None
+        raise missing("serving", e, prefer="serve") from None
     try:
         return space.build_demo(models, **options)
     except space.ModelError as e:
