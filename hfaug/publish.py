@@ -40,12 +40,23 @@ import os
 import re
 import shutil
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import schema
+from .cards import (
+    CARD_DATA,
+    INT8_FILE,
+    ONNX_SUBFOLDER,
+    README,
+    ModelCardData,
+    OnnxExport,
+    dataset_card,
+    hub_lang,
+    model_card,
+    release_section,
+)
 from .errors import HfaugError, HubError
 from .runs import StageContext, StageResult
 from .space_info import student_info, write_info
@@ -69,7 +80,6 @@ CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
 #: recipe keys whose values are never written anywhere (an API key slipped into a recipe)
 SECRET_KEY_RE = re.compile(
     r"(^|_)(token|secret|password|passwd|api_?key|auth|authorization|credentials?)($|_)", re.I)
-TASK_IDS = {"sentiment": "sentiment-classification", "nli": "natural-language-inference"}
 SPLIT_NAMES = {"train": "train", "dev": "validation", "validation": "validation", "test": "test"}
 
 
@@ -254,52 +264,6 @@ def write_data(configs: dict[str, dict[str, "datasets.Dataset"]], folder: Path) 
     return files
 
 
-#: the Hub's size_categories, with the row count each one ends below
-SIZE_CATEGORIES = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
-                   (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B"), (10**10, "1B<n<10B"),
-                   (10**11, "10B<n<100B"), (10**12, "100B<n<1T")]
-
-
-def size_category(rows: int) -> str:
-    """The Hub's size category of a dataset with ``rows`` rows."""
-    return next((c for limit, c in SIZE_CATEGORIES if rows < limit), "n>1T")
-
-
-def card_metadata(configs: dict[str, dict[str, "datasets.Dataset"]], files: dict[str, dict[str, list[str]]],
-                  task: "Task", languages: list[str], license: str, pretty_name: str) -> str:
-    """The card's YAML: configs with data_files, dataset_info with features and splits, tags."""
-    import datasets
-    from datasets.info import DatasetInfosDict
-    from huggingface_hub import DatasetCardData
-
-    total = sum(len(ds) for splits in configs.values() for ds in splits.values())
-    size = size_category(total)
-    card = DatasetCardData(
-        language=languages, license=license, pretty_name=pretty_name,
-        task_categories=["text-classification"], task_ids=[TASK_IDS[task.preset]] if task.preset in TASK_IDS else None,
-        size_categories=[size], tags=["hfaug", "synthetic", "llm-generated", "cross-lingual", "data-selection"],
-        # no default config: load_dataset(repo) alone lists the choices rather than silently picking one subset
-        configs=[{"config_name": name,
-                  "data_files": [{"split": split, "path": f"data/{name}/{split}-*.parquet"}
-                                 for split in files[name]]}
-                 for name in configs],
-    )
-    infos = DatasetInfosDict()
-    for name, splits in configs.items():
-        first = next(iter(splits.values()))
-        split_dict = datasets.SplitDict()
-        for split, ds in splits.items():
-            split_dict.add(datasets.SplitInfo(name=split, num_bytes=ds.data.nbytes, num_examples=len(ds)))
-        infos[name] = datasets.DatasetInfo(features=first.features, splits=split_dict, config_name=name,
-                                           dataset_size=sum(ds.data.nbytes for ds in splits.values()))
-    infos.to_dataset_card_data(card)
-    return card.to_yaml()
-
-
-def _label_counts(ds: "datasets.Dataset", task: "Task") -> dict[str, int]:
-    counts = Counter(ds[schema.LABEL]) if len(ds) else Counter()
-    return {name: counts.get(i, 0) for i, name in enumerate(task.labels)}
-
 
 def _section(ctx: StageContext, name: str, stages: tuple[str, ...] = ()) -> dict:
     """A stage's resolved config, secrets blanked: from the manifest of the run that made the
@@ -371,51 +335,6 @@ def provenance(ctx: StageContext, configs: dict[str, dict[str, "datasets.Dataset
     }
 
 
-def dataset_card(configs: dict[str, dict[str, "datasets.Dataset"]], files: dict[str, dict[str, list[str]]],
-                 task: "Task", *, license: str, pretty_name: str, description: str = "",
-                 provenance: dict | None = None, figures: list[str] = (), repo_id: str | None = None,
-                 revision: str | None = None, local_path: str | None = None, recipe: bool = True) -> str:
-    """Render model_cards/dataset_card.md for these configs (rows per config, split and label)."""
-    from . import __version__
-    from .cards import render
-
-    langs = set()
-    for splits in configs.values():
-        for ds in splits.values():
-            if schema.LANG in ds.column_names and len(ds):
-                langs.update(ds.unique(schema.LANG))
-    languages = sorted({_hub_lang(lang) for lang in langs} | {"en"})
-    rows = []
-    for name, splits in configs.items():
-        for split, ds in splits.items():
-            strategies = sorted(ds.unique(schema.STRATEGY)) if schema.STRATEGY in ds.column_names and len(ds) else []
-            row_langs = sorted(ds.unique(schema.LANG)) if schema.LANG in ds.column_names and len(ds) else []
-            rows.append({"config": name, "split": split, "rows": len(ds), "labels": _label_counts(ds, task),
-                         "strategy": ", ".join(strategies), "languages": ", ".join(row_langs)})
-    where = repo_id or local_path or "."
-    load_lines = []
-    for name in configs:
-        args = [repr(where), repr(name)]
-        if repo_id and revision:
-            args.append(f"revision={revision!r}")
-        load_lines.append(f"load_dataset({', '.join(args)})")
-    return render(
-        "dataset_card.md",
-        metadata=card_metadata(configs, files, task, languages, license, pretty_name).strip(),
-        pretty_name=pretty_name, description=description, task=task.name, task_description=task.description,
-        labels=list(task.labels), languages=languages, rows=rows, configs=list(configs),
-        provenance=provenance or {"generator": {"model": None, "sampling": {}}, "mt_model": None,
-                                  "teacher": None, "selection": {}, "seed": None},
-        figures=list(figures), license=license, repo_id=repo_id, revision=revision, load_lines=load_lines,
-        recipe_file=RECIPE_FILE if recipe else None, script_file=SCRIPT_FILE, hfaug_version=__version__,
-    )
-
-
-def _hub_lang(code: str) -> str:
-    """FLORES-style codes (hin_Deva) to the ISO 639 part the Hub's language field takes."""
-    return code.split("_")[0].split("-")[0].lower()
-
-
 def reproduce_script() -> str:
     """The text of scripts/reproduce.py (uploaded with each dataset)."""
     path = Path(__file__).resolve().parents[1] / "scripts" / SCRIPT_FILE
@@ -449,7 +368,8 @@ def build_layout(ctx: StageContext, folder: Path, *, repo_id: str | None, tag: s
     local_path = str(config.local_dir or ctx.run.stage_dir(ctx.stage) / LAYOUT_DIR)
     card = dataset_card(configs, files, ctx.task, license=config.license, pretty_name=pretty,
                         description=ctx.recipe.run.description, provenance=provenance(ctx, configs),
-                        figures=figures, repo_id=repo_id, revision=tag, local_path=None if repo_id else local_path)
+                        figures=figures, repo_id=repo_id, revision=tag, local_path=None if repo_id else local_path,
+                        recipe_file=RECIPE_FILE, script_file=SCRIPT_FILE)
     (folder / "README.md").write_text(scrub(card, ctx), encoding="utf-8")
     return {name: {split: len(ds) for split, ds in splits.items()} for name, splits in configs.items()}
 
@@ -670,8 +590,6 @@ def students(ctx: StageContext) -> dict[str, dict[str, Path]]:
     return found
 
 
-ONNX_SUBFOLDER = "onnx"
-INT8_FILE = "model_quantized.onnx"
 
 
 def model_layout(parts: dict[str, Path], folder: Path) -> Path:
@@ -685,7 +603,7 @@ def model_layout(parts: dict[str, Path], folder: Path) -> Path:
         onnx/config.json, onnx/tokenizer.json, ...                             shared by both
         onnx/hfaug.json                 the Space's examples, metrics and repo links (publish-model)
     """
-    shutil.copytree(parts["model"], folder)
+    shutil.copytree(parts["model"], folder, ignore=shutil.ignore_patterns(CARD_DATA))  # the card is rendered
     onnx = folder / ONNX_SUBFOLDER
     if "onnx" in parts:
         shutil.copytree(parts["onnx"], onnx, dirs_exist_ok=True)
@@ -702,39 +620,51 @@ def model_layout(parts: dict[str, Path], folder: Path) -> Path:
     return folder
 
 
-def model_card_context(ctx: StageContext, name: str, *, repo_id: str | None, revision: str | None,
-                       onnx: bool, dataset: tuple[str, str] | None = None) -> dict[str, Any]:
-    """What model_cards/model_card.md needs, from the run (used when a student has no README.md)."""
+def card_data_from_run(ctx: StageContext, name: str, dataset: tuple[str, str] | None = None) -> ModelCardData:
+    """A student's card data from the run, for a student folder without distill's card.json
+    (``dataset``: the repo id and tag of the dataset released with it)."""
     import json
 
     distill = _section(ctx, "distill")
-    publish: PublishConfig = ctx.config
     folder = ctx.run.stage_dir("distill") / "students" / name
     saved = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
     test = saved.get("test") if isinstance(saved.get("test"), dict) else {}
     published = (ctx.run.manifest("publish") or {}).get("metrics") or {}
-    if dataset is not None:  # released together: the dataset's repo and the same tag
+    if dataset is not None:
         published = {"repo_id": dataset[0], "tag": dataset[1]}
     datasets_used = []
     if published.get("repo_id"):
         datasets_used.append({"name": f"{name} (synthetic, teacher soft labels)", "path": published["repo_id"],
-                              "revision": published.get("tag"), "description": f"config '{name}'"})
-    base = _pick(distill, "model", "base_model", "model_name_or_path") or "unknown"
+                              "revision": published.get("tag"), "description": f"config '{name}'",
+                              "synthetic": True})
     subset = saved.get("subset") if isinstance(saved.get("subset"), dict) else {}
-    return {
-        "model_name": repo_id or name, "base_model": base,
-        "base_model_is_hub": (isinstance(base, str) and base.count("/") == 1
-                              and not base.startswith(("hfaug:", ".", "/"))),
-        "hub_datasets": [d["path"] for d in datasets_used],
-        "task": ctx.task.name, "labels": list(ctx.task.labels),
-        "languages": sorted({_hub_lang(lang) for lang in test} | {"en"}),
-        "datasets": datasets_used, "strategy": subset.get("strategy"), "budget": subset.get("budget_per_class"),
-        "test_metrics": test, "dev_accuracy": saved.get("dev_accuracy"), "metrics_note": saved.get("note"),
-        "training": {k: v for k, v in distill.items()
-                     if isinstance(v, (int, float, str, bool)) and v not in ("", None)},
-        "seed": ctx.seed, "description": ctx.recipe.run.description,
-        "license": publish.license, "onnx": onnx, "repo_id": repo_id, "revision": revision,
-    }
+    return ModelCardData(
+        name=name, title=name, base_model=_pick(distill, "model", "base_model", "model_name_or_path") or "unknown",
+        task=ctx.task.name, labels=list(ctx.task.labels),
+        languages=sorted({hub_lang(lang) for lang in test} | {"en"}),
+        datasets=datasets_used, subset=subset.get("name") or name, strategy=subset.get("strategy"),
+        budget=subset.get("budget_per_class"), test_metrics=test, dev_accuracy=saved.get("dev_accuracy"),
+        metrics_note=saved.get("note"),
+        training={k: v for k, v in distill.items() if isinstance(v, (int, float, str, bool)) and v not in ("", None)},
+        seed=ctx.seed, description=ctx.recipe.run.description,
+    )
+
+
+def student_card(ctx: StageContext, name: str, parts: dict[str, Path], *, repo_id: str | None,
+                 revision: str | None, dataset: tuple[str, str] | None = None) -> str:
+    """A student's card as publish-model pushes it, rendered here once: distill's card data (else
+    what the run says) with the repo id, the version tag, publish.license and the ONNX files with
+    export's parity figures. ``dataset``: (repo id, tag) of the dataset released together with it."""
+    config: PublishConfig = ctx.config
+    data = ModelCardData.load(parts["model"]) or card_data_from_run(ctx, name, dataset)
+    if dataset is not None:  # the synthetic rows are that dataset's config, at the release's tag
+        data.datasets = [{**d, "path": dataset[0], "revision": dataset[1], "description": f"config '{data.subset}'"}
+                         if d.get("synthetic") else d for d in data.datasets]
+    figures = ((ctx.run.manifest("export") or {}).get("metrics") or {}).get(name) or {}
+    variants = {"fp32": "onnx" in parts, "int8": "int8" in parts}
+    onnx = OnnxExport(**variants, parity={v: f for v, f in figures.items()
+                                          if variants.get(v) and isinstance(f, dict) and "agreement" in f})
+    return model_card(replace(data, repo_id=repo_id, revision=revision, license=config.license, onnx=onnx))
 
 
 def releases_students(ctx: StageContext) -> bool:
@@ -804,36 +734,8 @@ def release(ctx: StageContext, targets: list[Target], token: str) -> tuple[str, 
     return tag, record["repos"]
 
 
-def release_section(tag: str, dataset: str | None, models: list[str]) -> str:
-    """The card section that names every repo of the release (each card names the others)."""
-    from huggingface_hub import constants
-
-    hub = constants.ENDPOINT.rstrip("/")  # the Hub the release goes to (HF_ENDPOINT for a private one)
-    parts = ([f"the dataset [`{dataset}`]({hub}/datasets/{dataset}/tree/{tag})"] if dataset else [])
-    parts += [f"the student [`{m}`]({hub}/{m}/tree/{tag})" for m in models]
-    return (f"\n\n## Release {tag}\n\nThis repo is one part of hfaug release `{tag}`: {', '.join(parts)}. "
-            f"Every part carries the tag `{tag}`; load them with `revision=\"{tag}\"`.\n")
-
-
-def set_card_license(card: str, license: str) -> str:
-    """The card with ``license`` in its YAML front matter (publish.license wins over the student's own)."""
-    import yaml
-
-    if card.startswith("---\n") and (end := card.find("\n---", 4)) != -1:
-        try:
-            meta = yaml.safe_load(card[4:end]) or {}
-        except yaml.YAMLError:
-            meta = None
-        if isinstance(meta, dict):
-            meta["license"] = license
-            return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + card[end + 1:]
-    return f"---\nlicense: {license}\n---\n" + card
-
-
 def run_models(ctx: StageContext) -> StageResult:
     """The ``publish-model`` stage: each student (plus its ONNX export under onnx/) as a model repo."""
-    from .cards import render
-
     config: PublishConfig = ctx.config
     found = students(ctx)
     if not found:
@@ -868,16 +770,11 @@ def run_models(ctx: StageContext) -> StageResult:
                 info["model_revision"] = tag
             path = write_info(folder / ONNX_SUBFOLDER, info)
             path.write_text(scrub(path.read_text(encoding="utf-8"), ctx), encoding="utf-8")  # no secret in a repo
-        card_path = folder / "README.md"
-        if card_path.exists():
-            card = set_card_license(card_path.read_text(encoding="utf-8"), config.license)
-        else:
-            card = render("model_card.md", **model_card_context(
-                ctx, name, repo_id=repos[name], revision=tag, onnx="onnx" in parts or "int8" in parts,
-                dataset=(dataset, tag) if dataset else None))
+        card = student_card(ctx, name, parts, repo_id=repos[name], revision=tag,
+                            dataset=(dataset, tag) if dataset else None)
         if tag is not None:
             card = card.rstrip("\n") + release_section(tag, dataset, [r for n, r in repos.items() if n != name])
-        card_path.write_text(scrub(card, ctx), encoding="utf-8")
+        (folder / README).write_text(scrub(card, ctx), encoding="utf-8")
         return folder
 
     def build_dataset(tag: str) -> Path:

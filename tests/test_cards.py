@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from hub_server import validate_card
-from test_publish import REPO, V1, offline, publish, recipe_dict, write_inputs  # noqa: F401 - offline: a fixture
+from test_publish import REPO, V1, offline, publish, recipe_dict, write_inputs  # noqa: F401 (offline: a fixture)
 
 from hfaug import pipeline
 from hfaug.config import load_recipe
@@ -57,16 +57,25 @@ def distill_context(run: Run) -> StageContext:
     return StageContext(run, "distill", run.recipe.sections["distill"], run.stage_dir("distill"))
 
 
-def student_card(run: Run, grid: dict | None = None) -> str:
-    """The card the distill stage writes beside a student (students/<name>/README.md)."""
+def card_data(run: Run, grid: dict | None = None, name: str = SUBSET["name"]):
+    """What the distill stage knows of a student's card (students/<name>/card.json)."""
     from hfaug import distill as D
 
-    return D._card(distill_context(run), SUBSET, SAVED, None, "source train rows (en), gold labels",
-                   grid=grid, name=SUBSET["name"])
+    return D._card_data(distill_context(run), {**SUBSET, "name": name}, SAVED, None,
+                        "source train rows (en), gold labels", grid=grid, name=name)
+
+
+def student_card(run: Run, grid: dict | None = None) -> str:
+    """The card the distill stage writes beside a student (students/<name>/README.md)."""
+    from hfaug.cards import model_card
+
+    return model_card(card_data(run, grid))
 
 
 def write_distilled(run: Run, names: list[str], *, cards: tuple[str, ...] | None = None) -> None:
     """A distill stage's students/ as the real stage leaves them: model files, metrics.json, the card."""
+    from hfaug.cards import CARD_DATA, model_card
+
     def distill(ctx):
         for name in names:
             folder = ctx.out_dir / "students" / name
@@ -75,7 +84,9 @@ def write_distilled(run: Run, names: list[str], *, cards: tuple[str, ...] | None
             (folder / "model.safetensors").write_bytes(b"\0weights of " + name.encode())
             (folder / "metrics.json").write_text(json.dumps({**SAVED, "subset": {**SUBSET, "name": name}}))
             if cards is None or name in cards:
-                (folder / "README.md").write_text(student_card(run), encoding="utf-8")
+                data = card_data(run, name=name)
+                (folder / "README.md").write_text(model_card(data), encoding="utf-8")
+                (folder / CARD_DATA).write_text(data.to_json(), encoding="utf-8")
         return StageResult()
 
     def export(ctx):
@@ -105,7 +116,8 @@ def distill_run(tmp_path: Path, **publish_cfg) -> Run:
 # dataset cards
 
 
-def test_dataset_card_local_golden(tmp_path, offline):
+@pytest.mark.usefixtures("offline")
+def test_dataset_card_local_golden(tmp_path):
     run, _ = publish(tmp_path, "v1", V1)
     card = (run.stage_dir("publish") / "hub-layout" / "README.md").read_text(encoding="utf-8")
     check_golden("dataset_card_local.md", normalized(card, tmp_path=tmp_path))
@@ -133,7 +145,8 @@ def test_student_card_golden(tmp_path):
 
 
 def test_export_card_golden(tmp_path):
-    from hfaug.export import ExportConfig, write_card
+    from hfaug.cards import write_onnx_card
+    from hfaug.export import ExportConfig
 
     run = distill_run(tmp_path)
     student = tmp_path / "student"
@@ -143,16 +156,16 @@ def test_export_card_golden(tmp_path):
         folder = tmp_path / variant / "hi-divk-4"
         folder.mkdir(parents=True)
         (folder / "config.json").write_text(json.dumps({"id2label": ID2LABEL}))
-        path = write_card(student, folder, name="hi-divk-4", variant=variant, figures=FIGURES, config=ExportConfig(),
+        path = write_onnx_card(student, folder, name="hi-divk-4", variant=variant, figures=FIGURES, config=ExportConfig(),
                           rows_from="source dev rows", passed=True)
         check_golden(f"model_card_export_{variant}.md", normalized(path.read_text(encoding="utf-8"), tmp_path=tmp_path))
 
 
 def test_adapter_card_golden():
-    from hfaug.adapt import model_card
+    from hfaug.cards import adapter_card
     from hfaug.tasks import get_task
 
-    card = model_card(base_model="Qwen/Qwen2.5-0.5B-Instruct", task=get_task("sentiment"),
+    card = adapter_card(base_model="Qwen/Qwen2.5-0.5B-Instruct", task=get_task("sentiment"),
                       lora={"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
                       metrics={"steps": 12, "loss_first": 2.5, "loss_first_step": 1, "loss_last": 1.25,
                                "loss_last_step": 12}, rows=40, data="the source train split")
@@ -173,3 +186,55 @@ def test_publish_model_cards_of_a_release_golden(hub, tmp_path):
         card = hub.files(f"{REPO}-{name}", "v1", repo_type="model")["README.md"].decode()
         assert validate_card(card, "model")[0] == []
         check_golden(f"release_model_card_{name}.md", normalized(card, tmp_path=tmp_path, hub_url=hub.url))
+
+
+# ---------------------------------------------------------------------------------------------
+# the card a real publish-model pushes
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_pushed_student_card_names_its_repo_and_its_onnx_files(hub, tmp_path):
+    """distill writes a student's card before the repo id is known; publish-model must render it
+    again with the repo id, the tag and the ONNX files (it used to push distill's card as it was)."""
+    import datasets
+    from huggingface_hub import HfApi, hf_hub_download
+    from test_distill import _hi_texts, _recipe, _synthetic
+
+    data = _recipe(tmp_path, num_train_epochs=1)
+    data["publish"] = {"repo_id": REPO, "retry_wait": 0.01, "retries": 1}
+    run = Run(load_recipe(data), tmp_path / "runs" / "t")
+    pipeline.run_stage(run, "source")
+    texts = _hi_texts()[:12]
+    subset = _synthetic(texts).add_column("id", [f"s{i}" for i in range(len(texts))]).add_column(
+        "task", ["sentiment"] * len(texts))
+    execute(run, "select", lambda ctx: StageResult(datasets={"hi-topk-4": subset}), None, [])
+    pipeline.run_stage(run, "publish")
+    pipeline.run_stage(run, "distill")  # the real stage: trains the student, writes its local card
+    local = (run.stage_dir("distill") / "students" / "hi-topk-4" / "README.md").read_text()
+    assert "t-hi-topk-4" in local and REPO not in local  # no repo yet, and none invented
+
+    def export(ctx):  # the ONNX files as the export stage lays them out (the real export is slow)
+        for kind in ("onnx", "int8"):
+            (ctx.out_dir / kind / "hi-topk-4").mkdir(parents=True)
+            (ctx.out_dir / kind / "hi-topk-4" / "model.onnx").write_bytes(b"\0onnx " + kind.encode())
+        return StageResult(metrics={"hi-topk-4": FIGURES})
+
+    execute(run, "export", export, None, [])
+    pipeline.run_stage(run, "publish-model")
+    model_repo = f"{REPO}-hi-topk-4"
+    card = Path(hf_hub_download(model_repo, "README.md", revision="v1", cache_dir=str(tmp_path / "dl"))).read_text()
+    assert validate_card(card, "model")[0] == []
+    assert f'pipeline("text-classification", model="{model_repo}", revision="v1")' in card
+    for file_name in ("model.onnx", "model_quantized.onnx"):
+        assert (f'ORTModelForSequenceClassification.from_pretrained("{model_repo}", subfolder="onnx", '
+                f'file_name="{file_name}", revision="v1")') in card
+    assert "| int8 | 97.50% | 1 / 40 |" in card  # export's parity figures
+    assert "path/to/" not in card and "t-hi-topk-4" not in card and "before it had a Hub repo" not in card
+    import yaml
+
+    meta = yaml.safe_load(card.split("---")[1])
+    assert f"\n# {model_repo}\n" in card and "onnx" in meta["tags"]
+    assert meta["datasets"] == [REPO] and meta["license"] == "cc-by-4.0"
+    files = HfApi(endpoint=hub.url).list_repo_files(model_repo, revision="v1")
+    assert {"onnx/model.onnx", "onnx/model_quantized.onnx"} <= set(files) and "card.json" not in files
+    assert datasets.load_dataset(REPO, "hi-topk-4", revision="v1", cache_dir=str(tmp_path / "c"))["train"].num_rows == 12
