@@ -39,7 +39,6 @@ import math
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -58,6 +57,7 @@ from .cards import (
     release_section,
 )
 from .errors import HfaugError, HubError
+from .hub import RECIPE_FILE, HubRepo, hub_endpoint, hub_token, known_secrets, next_tag, redact
 from .runs import StageContext, StageResult
 from .space_info import student_info, write_info
 
@@ -70,16 +70,12 @@ logger = logging.getLogger(__name__)
 
 CANDIDATES_CONFIG = "en-candidates"
 SOURCE_CONFIG = "source-translated"
-RECIPE_FILE = "recipe.yaml"
 SCRIPT_FILE = "reproduce.py"
 LAYOUT_DIR = "hub-layout"
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # parquet shards stay well under the Hub's recommended file size
 REPO_ID_RE = re.compile(r"^[\w.\-]{1,96}/[\w.\-]{1,96}$")
 TAG_RE = re.compile(r"^[\w.\-]{1,64}$")
 CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
-#: recipe keys whose values are never written anywhere (an API key slipped into a recipe)
-SECRET_KEY_RE = re.compile(
-    r"(^|_)(token|secret|password|passwd|api_?key|auth|authorization|credentials?)($|_)", re.I)
 SPLIT_NAMES = {"train": "train", "dev": "validation", "validation": "validation", "test": "test"}
 
 
@@ -130,60 +126,12 @@ class PublishConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# tokens, endpoints, secrets
-
-
-def hub_token() -> str | None:
-    """The token from HF_TOKEN or the login cache (``huggingface-cli login``); never from a recipe."""
-    from huggingface_hub import get_token
-
-    return get_token()
-
-
-def hub_endpoint() -> str:
-    """HF_ENDPOINT at call time (a self-hosted or enterprise Hub), else the client's default."""
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def redact(data: Any, secrets: tuple[str, ...] = ()) -> Any:
-    """A copy of plain data with secret-looking keys blanked and known secret strings removed."""
-    if isinstance(data, dict):
-        return {k: ("<redacted>" if isinstance(k, str) and SECRET_KEY_RE.search(k) and v else redact(v, secrets))
-                for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [redact(v, secrets) for v in data]
-    if isinstance(data, str):
-        for secret in secrets:
-            if secret:
-                data = data.replace(secret, "<redacted>")
-    return data
-
-
-def _secrets(recipe: Any = None) -> tuple[str, ...]:
-    """The token, and the values of the recipe's secret-looking keys (to blank wherever they recur)."""
-    token = hub_token()
-    found = [token] if token else []
-
-    def walk(data: Any) -> None:
-        if isinstance(data, dict):
-            for k, v in data.items():
-                if isinstance(k, str) and SECRET_KEY_RE.search(k) and isinstance(v, str) and len(v) >= 4:
-                    found.append(v)
-                else:
-                    walk(v)
-        elif isinstance(data, (list, tuple)):
-            for v in data:
-                walk(v)
-
-    walk(getattr(recipe, "raw", None))
-    return tuple(sorted(set(found), key=len, reverse=True))  # longest first: no partial leftovers
+# secrets
 
 
 def scrub(text: str, ctx: StageContext) -> str:
     """Free text (cards, commit messages) with every secret blanked, as recipe.yaml has it."""
-    return redact(text, _secrets(ctx.recipe))
+    return redact(text, known_secrets(ctx.recipe))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,9 +221,9 @@ def _section(ctx: StageContext, name: str, stages: tuple[str, ...] = ()) -> dict
     for stage in stages or (name,):
         manifest = ctx.run.manifest(stage)
         if manifest and isinstance(manifest.get("config"), dict):
-            return redact(manifest["config"], _secrets())
+            return redact(manifest["config"], known_secrets())
     config = ctx.recipe.sections.get(name)
-    return redact(to_dict(config), _secrets()) if config is not None else {}
+    return redact(to_dict(config), known_secrets()) if config is not None else {}
 
 
 def _pick(data: dict, *keys: str) -> Any:
@@ -299,7 +247,7 @@ _NOT_APPLIED = {"tgi": ("no_repeat_ngram_size",), "openai": ("no_repeat_ngram_si
 
 def provenance(ctx: StageContext, configs: dict[str, dict[str, "datasets.Dataset"]]) -> dict[str, Any]:
     """Who made the data: generator and its sampling, MT model, teacher, selection (for the card)."""
-    secrets = _secrets()
+    secrets = known_secrets()
     gen_config = _section(ctx, "generate")
     gen_model = _pick(gen_config, "model", "model_id", "model_name", "generator")
     sampling = {}
@@ -378,134 +326,13 @@ def recipe_yaml(ctx: StageContext) -> str:
     """The resolved recipe as uploaded: secret-looking keys blanked, the token nowhere."""
     import yaml
 
-    data = redact(ctx.recipe.raw, _secrets(ctx.recipe))
+    data = redact(ctx.recipe.raw, known_secrets(ctx.recipe))
     data.pop("output_dir", None)  # a path of this machine; reproduce chooses its own folder
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # pushing
-
-
-def _transient(error: BaseException) -> bool:
-    import requests
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if isinstance(error, HfHubHTTPError):
-        status = getattr(error.response, "status_code", None)
-        return status is None or status >= 500 or status == 429
-    return isinstance(error, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError))
-
-
-def _status(error: BaseException) -> int | None:
-    return getattr(getattr(error, "response", None), "status_code", None)
-
-
-def _short(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return redact(text[:200], _secrets())
-
-
-def with_retries(fn: Callable[[], Any], what: str, retries: int, wait: float) -> Any:
-    """Call ``fn``, retrying server errors (5xx, 429) and lost connections with doubling waits."""
-    for attempt in range(retries + 1):
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001 - filtered by _transient
-            if not _transient(e) or attempt == retries:
-                raise
-            delay = wait * 2 ** attempt
-            logger.warning("%s failed (%s); retry %d/%d in %.1fs", what, _short(e), attempt + 1, retries, delay)
-            time.sleep(delay)
-
-
-def next_tag(existing) -> str:
-    """``v<N+1>`` for the highest ``v<N>`` among the existing tags (``v1`` for none)."""
-    numbers = [int(m.group(1)) for t in existing if (m := re.fullmatch(r"v(\d+)", t))]
-    return f"v{max(numbers, default=0) + 1}"
-
-
-class Publisher:
-    """One Hub repo: pick the version tag, push a local folder as one commit, tag it."""
-
-    def __init__(self, repo_id: str, repo_type: str, *, token: str, private: bool = False, retries: int = 3,
-                 retry_wait: float = 2.0):
-        from huggingface_hub import HfApi, constants
-
-        from . import __version__
-
-        if constants.HF_HUB_OFFLINE:
-            raise HfaugError(f"publish: HF_HUB_OFFLINE is set, so {repo_id} cannot be reached; unset it to push, "
-                             "or remove publish.repo_id to write the local folder only")
-        self.repo_id, self.repo_type = repo_id, repo_type
-        self.private, self.retries, self.retry_wait = private, retries, retry_wait
-        self.api = HfApi(endpoint=hub_endpoint(), token=token, library_name="hfaug", library_version=__version__)
-
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        try:
-            return with_retries(fn, f"{what} ({self.repo_id})", self.retries, self.retry_wait)
-        except HfaugError:
-            raise
-        except Exception as e:  # noqa: BLE001 - one line for the user; nothing was tagged
-            attempts = f" after {self.retries + 1} attempts" if _transient(e) and self.retries else ""
-            raise HubError(f"publish: {what} on {hub_endpoint()} for {self.repo_id} failed{attempts}: "
-                             f"{_short(e)}; no tag was created and earlier versions are unchanged") from e
-
-    def prepare(self, tag: str | None) -> str:
-        """Create the repo if needed and return the tag this publish will get (never an existing one)."""
-        tags = self.tags()
-        if tag is None:
-            return next_tag(tags)
-        if tag in tags:
-            raise HfaugError(f"publish: tag '{tag}' already exists on {self.repo_id} (commit {tags[tag][:8]}); "
-                             "tags are never moved: choose a new publish.tag, or leave it empty for the next vN")
-        return tag
-
-    def tags(self) -> dict[str, str]:
-        """Create the repo if needed; its tags as {name: commit}."""
-        self._call("create repo", lambda: self.api.create_repo(self.repo_id, repo_type=self.repo_type,
-                                                               private=self.private, exist_ok=True))
-        refs = self._call("list refs", lambda: self.api.list_repo_refs(self.repo_id, repo_type=self.repo_type))
-        return {t.name: t.target_commit for t in refs.tags}
-
-    def push(self, folder: Path, tag: str, message: str) -> str:
-        """One commit replacing the repo's files with ``folder``'s, then the tag; returns the commit sha."""
-        sha = self.commit(folder, message)
-        self.tag(sha, tag, message)
-        return sha
-
-    def commit(self, folder: Path, message: str) -> str:
-        """One commit replacing the repo's files with ``folder``'s; returns its sha."""
-        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
-        local = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        remote = self._call("list files", lambda: self.api.list_repo_files(self.repo_id, repo_type=self.repo_type))
-        stale = [p for p in remote if p not in set(local) and p != ".gitattributes"]
-
-        def commit():
-            # fresh operations on each attempt: an operation object is single-use
-            ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in local]
-            ops += [CommitOperationDelete(path_in_repo=p) for p in stale]
-            return self.api.create_commit(self.repo_id, ops, commit_message=message, repo_type=self.repo_type)
-
-        return self._call("commit", commit).oid
-
-    def tag(self, sha: str, tag: str, message: str) -> None:
-        """Tag commit ``sha``; a retry after a lost response finds its own tag."""
-        def create_tag():
-            from huggingface_hub.errors import HfHubHTTPError
-
-            try:
-                self.api.create_tag(self.repo_id, tag=tag, revision=sha, tag_message=message, repo_type=self.repo_type)
-            except HfHubHTTPError as e:
-                if _status(e) != 409:
-                    raise
-                refs = self.api.list_repo_refs(self.repo_id, repo_type=self.repo_type)
-                if {t.name: t.target_commit for t in refs.tags}.get(tag) != sha:
-                    raise HfaugError(f"publish: tag '{tag}' was created on {self.repo_id} by someone else "
-                                     "meanwhile; tags are never moved: publish again for the next version") from None
-
-        self._call("create tag", create_tag)
 
 
 def _write_local(folder: Path, target: Path) -> None:
@@ -543,7 +370,7 @@ def run(ctx: StageContext) -> StageResult:
         logger.info("publish: %s is pushed together with the students by publish-model (one release)",
                     config.repo_id)
     elif push:
-        publisher = Publisher(config.repo_id, "dataset", token=token, private=config.private,
+        publisher = HubRepo(config.repo_id, "dataset", token=token, private=config.private,
                               retries=config.retries, retry_wait=config.retry_wait)
         tag = publisher.prepare(config.tag)
     folder = ctx.out_dir / LAYOUT_DIR
@@ -699,7 +526,7 @@ def release(ctx: StageContext, targets: list[Target], token: str) -> tuple[str, 
     from .runs import MANIFEST
 
     config: PublishConfig = ctx.config
-    publishers = {t.repo_id: Publisher(t.repo_id, t.repo_type, token=token, private=config.private,
+    publishers = {t.repo_id: HubRepo(t.repo_id, t.repo_type, token=token, private=config.private,
                                        retries=config.retries, retry_wait=config.retry_wait) for t in targets}
     tags = {repo: p.tags() for repo, p in publishers.items()}
     path = ctx.cache_dir / RELEASE_FILE
@@ -813,72 +640,3 @@ def run_models(ctx: StageContext) -> StageResult:
         result["dataset"] = {"repo_id": dataset, "tag": tag, "commit": commits[dataset], "endpoint": hub_endpoint()}
         hints.insert(0, f"load_dataset({dataset!r}, <config>, revision={tag!r})")
     return StageResult(metrics=result, extra={"next": hints})
-
-
-# ---------------------------------------------------------------------------------------------
-# reproduction
-
-
-def reproduce(repo: str, revision: str = "main", output_dir: str | Path | None = None):
-    """Download a published dataset's recipe.yaml (repo id or local layout) and rerun it in a clean folder.
-
-    The publish section is kept but made local, so a reproduction never pushes and its
-    ``<output_dir>/<name>/publish/hub-layout`` can be compared with the published copy. Returns the :class:`~hfaug.runs.Run`.
-    """
-    import yaml
-
-    from .config import load_recipe
-    from .pipeline import run_pipeline
-
-    if Path(repo).is_dir():
-        path = Path(repo) / RECIPE_FILE
-        if not path.is_file():
-            raise HfaugError(f"reproduce: {repo} has no {RECIPE_FILE}; is it a folder written by hfaug publish?")
-    else:
-        path = Path(_download_recipe(repo, revision))
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise HfaugError(f"reproduce: {RECIPE_FILE} of {repo}@{revision} is not a recipe mapping")
-    if not any(section in data for section in ("label", "select")):
-        data.pop("publish", None)  # nothing of this recipe's own would be published
-    elif isinstance(data.get("publish"), dict):
-        # rebuild the published layout locally (to compare with the Hub copy); never push again
-        data["publish"] = {**data["publish"], "repo_id": None, "local_dir": None, "tag": None}
-    safe = re.sub(r"[^\w.\-]+", "-", f"{repo}-{revision}").strip("-")
-    out = Path(output_dir) if output_dir else Path("reproduce") / safe
-    if out.exists() and any(out.iterdir()):
-        raise HfaugError(f"reproduce: {out} is not empty; give a clean --output-dir")
-    data["output_dir"] = str(out)
-    recipe = load_recipe(data)
-    logger.info("reproduce: rerunning %s@%s in %s", repo, revision, out)
-    return run_pipeline(recipe, root=out / recipe.run.name)
-
-
-def _download_recipe(repo_id: str, revision: str) -> str:
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if constants.HF_HUB_OFFLINE:
-        raise HfaugError(f"reproduce: HF_HUB_OFFLINE is set, so {repo_id} cannot be downloaded; unset it, "
-                         "or pass the local folder of the dataset")
-    api = HfApi(endpoint=hub_endpoint(), token=hub_token())
-    try:
-        return api.hf_hub_download(repo_id, RECIPE_FILE, repo_type="dataset", revision=revision)
-    except RevisionNotFoundError:
-        raise HfaugError(f"reproduce: {repo_id} has no revision '{revision}'") from None
-    except LocalEntryNotFoundError as e:  # the server or the network failed (not a missing file)
-        raise HubError(f"reproduce: downloading {RECIPE_FILE} of {repo_id}@{revision} from {hub_endpoint()} "
-                       f"failed: {_short(e)}; try again later") from None
-    except EntryNotFoundError:
-        raise HfaugError(f"reproduce: {repo_id}@{revision} has no {RECIPE_FILE}; was it published by hfaug?") from None
-    except RepositoryNotFoundError:
-        raise HfaugError(f"reproduce: dataset repo {repo_id} not found on {hub_endpoint()} "
-                         "(or it is private: set HF_TOKEN)") from None
-    except Exception as e:  # noqa: BLE001 - the server or the network, not the user's input
-        raise HubError(f"reproduce: downloading {RECIPE_FILE} of {repo_id}@{revision} from {hub_endpoint()} "
-                       f"failed: {_short(e)}; try again later") from None

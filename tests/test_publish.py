@@ -321,7 +321,7 @@ def test_uploaded_recipe_has_no_secrets(tmp_path, offline):
     data["source"]["api_key"] = "should-not-matter"  # not a SourceConfig key: rejected before anything
     with pytest.raises(HfaugError, match="unknown key"):
         load_recipe(data)
-    from hfaug.publish import redact
+    from hfaug.hub import redact
 
     assert redact({"hf_token": "x", "generate": {"api_key": "k", "max_new_tokens": 5}, "t": "a-SECRET-b"},
                   ("SECRET",)) == {"hf_token": "<redacted>", "generate": {"api_key": "<redacted>", "max_new_tokens": 5},
@@ -382,7 +382,7 @@ def test_bad_config_is_a_one_line_error(tmp_path, offline, capsys):
 
 
 def test_next_tag():
-    from hfaug.publish import next_tag
+    from hfaug.hub import next_tag
 
     assert next_tag([]) == "v1"
     assert next_tag(["v1", "v2", "release", "v10"]) == "v11"
