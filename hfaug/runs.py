@@ -41,8 +41,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from .config import Recipe, to_dict
 from .errors import HfaugError
+from .hub import known_secrets, redact
 
 if TYPE_CHECKING:
     import datasets
@@ -262,7 +265,9 @@ class Run:
     def save_recipe(self) -> None:
         path = self.root / "recipe.yaml"
         tmp = path.with_name(".recipe.yaml.tmp")
-        tmp.write_text(self.recipe.to_yaml(), encoding="utf-8")
+        # the run's copy is a recipe like any other: a token typed into free text is blanked
+        text = yaml.safe_dump(redact(self.recipe.raw, known_secrets(self.recipe)), sort_keys=False, allow_unicode=True)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
 
 
@@ -395,7 +400,7 @@ def _write_outputs(run: Run, stage: str, key: str, config: Any, inputs: list[str
         "stage": stage,
         "hash": key,
         "run_id": run_id,
-        "config": to_dict(config) if config is not None else None,
+        "config": redact(to_dict(config), known_secrets(run.recipe)) if config is not None else None,
         "task": task_key(run),
         "setting": run.recipe.setting,  # the paper's setting the stage ran in (docs/fidelity.md)
         "seed": run.recipe.run.seed,

@@ -690,10 +690,11 @@ def test_a_token_typed_into_free_text_is_redacted_everywhere(hub, tmp_path):
     texts.update({f"commit {c.sha}": (c.title + c.message).encode()
                   for repo, kind in ((REPO, "dataset"), (f"{REPO}-hi-divk-4", "model"))
                   for c in hub.repo(repo, kind).commits.values()})
-    for stage in ("publish", "publish-model"):  # the local layouts, as pushed
-        for path in (run.stage_dir(stage) / "hub-layout").rglob("*"):
-            if path.is_file():
-                texts[str(path)] = path.read_bytes()
+    run.save_recipe()
+    for path in run.root.rglob("*"):  # the run folder: the layouts as pushed, manifests, the recipe copy
+        if path.is_file() and path.suffix in (".json", ".md", ".yaml", ".txt"):
+            texts[str(path)] = path.read_bytes()
+    assert any(p.endswith("publish/manifest.json") for p in texts) and any(p.endswith("recipe.yaml") for p in texts)
     assert [where for where, data in texts.items() if TOKEN.encode() in data] == []
     assert b"my token is <redacted> oops" in texts[f"{REPO}:README.md"]
     assert b"my token is <redacted> oops" in texts[f"{REPO}-hi-divk-4:README.md"]
