@@ -20,7 +20,8 @@ under one tag on every repo, resumable after a failure. Hub failures raise
 :class:`~hfaug.errors.HubError` (exit code 3), never the bad-recipe code 2.
 
 Configs: one per selected dataset (``hi-divk-2500``, ``hi-all``, ...), ``en-candidates`` (the
-English generations with teacher soft labels) and ``source-translated`` (the translated source
+English generations with teacher soft labels; ``translated-candidates`` in translated-teacher, where
+the teacher labels the translations) and ``source-translated`` (the translated source
 data, splits train/validation, with a ``lang`` column).
 
 Input columns: the contract columns of each dataset (at least id, task, the task's text columns,
@@ -69,6 +70,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CANDIDATES_CONFIG = "en-candidates"
+#: translated-teacher labels the translations, so its candidates are not English
+TRANSLATED_CANDIDATES_CONFIG = "translated-candidates"
+
+
+def candidates_config(setting: str) -> str:
+    """The config name of the teacher-labelled candidates in ``setting``."""
+    return TRANSLATED_CANDIDATES_CONFIG if setting == "translated-teacher" else CANDIDATES_CONFIG
 SOURCE_CONFIG = "source-translated"
 SCRIPT_FILE = "reproduce.py"
 LAYOUT_DIR = "hub-layout"
@@ -98,7 +106,8 @@ class PublishConfig:
     configs: list[str] | None = field(default=None, metadata={
         "help": "Select datasets to publish (fnmatch patterns, e.g. 'hi-*'). None: all of them."})
     candidates: bool = field(default=True, metadata={
-        "help": f"Publish the labelled English generations as config '{CANDIDATES_CONFIG}'."})
+        "help": f"Publish the teacher-labelled generations as config '{CANDIDATES_CONFIG}' "
+                f"('{TRANSLATED_CANDIDATES_CONFIG}' in translated-teacher, where the teacher labels the translations)."})
     source_translated: bool = field(default=True, metadata={
         "help": f"Publish the translated source data as config '{SOURCE_CONFIG}'."})
     models: bool = field(default=True, metadata={
@@ -149,7 +158,8 @@ def collect(ctx: StageContext) -> dict[str, dict[str, "datasets.Dataset"]]:
         for name in run.outputs("select"):
             if config.configs and not any(fnmatch.fnmatch(name, p) for p in config.configs):
                 continue
-            if name in (CANDIDATES_CONFIG, SOURCE_CONFIG) or not CONFIG_NAME_RE.match(name):
+            if name in (CANDIDATES_CONFIG, TRANSLATED_CANDIDATES_CONFIG, SOURCE_CONFIG) or \
+                    not CONFIG_NAME_RE.match(name):
                 raise HfaugError(f"publish: select dataset '{name}' cannot be a config name "
                                  f"(reserved or invalid); rename it in the select section")
             if not rows_out.get(name):
@@ -158,7 +168,7 @@ def collect(ctx: StageContext) -> dict[str, dict[str, "datasets.Dataset"]]:
                 continue
             out[name] = {"train": _typed(run.load("select", name), task, f"select/{name}")}
     if config.candidates and run.manifest("label") is not None:
-        out[CANDIDATES_CONFIG] = {"train": _typed(run.load("label"), task, "label/data")}
+        out[candidates_config(ctx.recipe.setting)] = {"train": _typed(run.load("label"), task, "label/data")}
     # a run stated as english-teacher translates nothing: an older run's translations are not its data
     if config.source_translated and run.manifest("translate-source") is not None and \
             ctx.recipe.run.setting != "english-teacher":
@@ -262,7 +272,7 @@ def provenance(ctx: StageContext, configs: dict[str, dict[str, "datasets.Dataset
     for key in _NOT_APPLIED.get(backend, ()):
         if key in sampling:  # never listed as used: the server has no such parameter
             sampling[key] = f"{sampling[key]} (not applied: the {backend} backend has no such parameter)"
-    candidates = configs.get(CANDIDATES_CONFIG, {}).get("train")
+    candidates = configs.get(candidates_config(ctx.recipe.setting), {}).get("train")
     if candidates is not None and len(candidates):
         if gen_model is None and schema.GEN_MODEL in candidates.column_names:
             gen_model = ", ".join(sorted(set(candidates[schema.GEN_MODEL]))[:3])
