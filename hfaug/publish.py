@@ -39,7 +39,6 @@ import math
 import os
 import re
 import shutil
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import schema
 from .errors import HfaugError, HubError
+from .retry import RetryPolicy, is_network_error, retrying
+from .retry import is_transient as _transient
 from .runs import StageContext, StageResult
 from .space_info import student_info, write_info
 
@@ -467,16 +468,6 @@ def recipe_yaml(ctx: StageContext) -> str:
 # pushing
 
 
-def _transient(error: BaseException) -> bool:
-    import requests
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if isinstance(error, HfHubHTTPError):
-        status = getattr(error.response, "status_code", None)
-        return status is None or status >= 500 or status == 429
-    return isinstance(error, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError))
-
-
 def _status(error: BaseException) -> int | None:
     return getattr(getattr(error, "response", None), "status_code", None)
 
@@ -488,15 +479,7 @@ def _short(error: BaseException) -> str:
 
 def with_retries(fn: Callable[[], Any], what: str, retries: int, wait: float) -> Any:
     """Call ``fn``, retrying server errors (5xx, 429) and lost connections with doubling waits."""
-    for attempt in range(retries + 1):
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001 - filtered by _transient
-            if not _transient(e) or attempt == retries:
-                raise
-            delay = wait * 2 ** attempt
-            logger.warning("%s failed (%s); retry %d/%d in %.1fs", what, _short(e), attempt + 1, retries, delay)
-            time.sleep(delay)
+    return retrying(fn, what, RetryPolicy(retries, wait, backoff_max=float("inf"), jitter=False), describe=_short)
 
 
 def next_tag(existing) -> str:
@@ -527,6 +510,8 @@ class Publisher:
         except HfaugError:
             raise
         except Exception as e:  # noqa: BLE001 - one line for the user; nothing was tagged
+            if not is_network_error(e):  # a bug: surfaces with its traceback
+                raise
             attempts = f" after {self.retries + 1} attempts" if _transient(e) and self.retries else ""
             raise HubError(f"publish: {what} on {hub_endpoint()} for {self.repo_id} failed{attempts}: "
                              f"{_short(e)}; no tag was created and earlier versions are unchanged") from e
