@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json
 from ..prompts import Request
 from ..retry import RetryPolicy, aretrying
 from .cache import RequestCache, request_key
@@ -119,9 +119,7 @@ class Ledger:
         if not force and time.monotonic() - self._saved < self.every:
             return
         self._saved = time.monotonic()
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(dict(sorted(self.totals(stats).items()))), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_json(self.path, dict(sorted(self.totals(stats).items())), indent=None)
 
 
 def keys_for(backend_model: str, requests: list[Request], params: dict) -> list[str]:
