@@ -142,7 +142,11 @@ def _hub_split_rows(spec) -> int | None:
         from huggingface_hub import HfApi
 
         info = HfApi().dataset_info(spec.path, revision=getattr(spec, "revision", None), timeout=5)
-    except Exception:  # offline, gated, unknown: the estimate says the gold rows are unknown
+    except Exception as e:  # offline, gated, unknown: the estimate says the gold rows are unknown
+        from .retry import classify
+
+        if classify(e) is None:  # not the Hub's answer or the network's failure: a bug
+            raise
         return None
     configs = (info.card_data.to_dict() if info.card_data else {}).get("dataset_info") or []
     configs = [configs] if isinstance(configs, dict) else configs
