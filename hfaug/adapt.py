@@ -58,9 +58,11 @@ INSTRUCTION_KEYS = {"sentiment": ("system", "positive", "negative", "neutral"),
 TEMPLATE_KEYS = sorted({k for keys in INSTRUCTION_KEYS.values() for k in keys})
 
 
-def instruction_templates(task: "Task", overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """The generate stage's templates for ``task`` with ``overrides``; a key this task's
-    instructions do not use, or a placeholder its key may not use, is a one-line user error."""
+def instruction_templates(task: "Task", overrides: dict[str, str] | None = None,
+                          prompt_set: str = "paper") -> dict[str, str]:
+    """The generate stage's templates for ``task`` (its ``prompt_set``, e.g. the news reviews) with
+    ``overrides``; a key this task's instructions do not use, or a placeholder its key may not use,
+    is a one-line user error."""
     keys = _instruction_keys(task)
     for key in overrides or {}:
         if base_key(key) not in keys:
@@ -69,7 +71,7 @@ def instruction_templates(task: "Task", overrides: dict[str, str] | None = None)
         check_templates(overrides or {})
     except ValueError as e:
         raise HfaugError(f"adapt.templates: {e}") from None
-    return templates_for(task, overrides)
+    return templates_for(task, overrides, prompt_set)
 
 
 def _instruction_keys(task: "Task") -> tuple[str, ...]:
@@ -189,12 +191,12 @@ def _config_class():
 
 def instruction_pairs(dataset: "datasets.Dataset", task: "Task", templates: dict[str, str] | None = None,
                       *, domains: list[str] | None = None, max_rows: int | None = None,
-                      seed: int = 42) -> tuple["datasets.Dataset", Counter]:
+                      seed: int = 42, prompt_set: str = "paper") -> tuple["datasets.Dataset", Counter]:
     """Source rows as conversational prompt/completion pairs (TRL's prompt-completion format).
 
     Each prompt is the request the generate stage sends for the row's label
-    (:func:`hfaug.prompts.instruction`, with ``templates`` over the defaults and the sentiment
-    ``domains``), and the completion is the row's own text.
+    (:func:`hfaug.prompts.instruction`, with ``templates`` over the ``prompt_set``'s and the
+    sentiment ``domains``), and the completion is the row's own text.
 
     Returns (pairs, dropped): pairs has ``prompt`` (system + user messages), ``completion``
     (the assistant message: the source text, or the hypothesis for NLI), ``label`` and
@@ -206,7 +208,7 @@ def instruction_pairs(dataset: "datasets.Dataset", task: "Task", templates: dict
     import datasets
 
     schema.require_columns(dataset, [*task.text_columns, schema.LABEL], "adapt")
-    templates = instruction_templates(task, templates)
+    templates = instruction_templates(task, templates, prompt_set)
     names = [task.labels[i] for i in schema.label_ids(dataset, task, "adapt")]
     columns = {c: list(dataset[c]) for c in task.text_columns}
     ids = list(dataset[schema.ID]) if schema.ID in dataset.column_names else [None] * len(dataset)
@@ -284,11 +286,11 @@ def _loss_metrics(log_history: list[dict], train_output) -> dict[str, Any]:
 
 def adapt(source: "datasets.Dataset", config, task: "Task", out_dir: str | Path, *, seed: int = 42,
           resume: bool = True, templates: dict[str, str] | None = None,
-          domains: list[str] | None = None) -> AdaptResult:
+          domains: list[str] | None = None, prompt_set: str = "paper") -> AdaptResult:
     """Fine-tune ``config.model`` with a LoRA adapter on ``source`` turned into instruction pairs.
 
-    ``templates`` and ``domains`` are the generate stage's (its recipe section's); ``config.templates``
-    overrides them for training.
+    ``templates``, ``domains`` and ``prompt_set`` are the generate stage's (its recipe section's), so
+    the adapter trains on the requests it will answer; ``config.templates`` overrides them for training.
 
     ``config`` is an :class:`AdaptConfig`; its ``output_dir`` holds the Trainer checkpoints (a
     later call with ``resume`` continues from the last one). The adapter, its tokenizer and a model
@@ -305,7 +307,8 @@ def adapt(source: "datasets.Dataset", config, task: "Task", out_dir: str | Path,
     out_dir = Path(out_dir)
     seed = config.seed if config.seed is not None else seed
     pairs, dropped = instruction_pairs(source, task, training_templates(task, templates, config.templates),
-                                       domains=domains, max_rows=config.max_train_rows, seed=seed)
+                                       domains=domains, max_rows=config.max_train_rows, seed=seed,
+                                       prompt_set=prompt_set)
     if len(pairs) == 0:
         raise HfaugError("adapt: the source train data has no usable rows (every text is empty); check source.path")
 
@@ -468,7 +471,8 @@ def run(ctx: StageContext) -> StageResult:
     args = _replace_dirs(config, work)
     generate = ctx.recipe.sections.get("generate")  # the requests the adapter will answer
     result = adapt(source, args, task, ctx.out_dir / ADAPTER, seed=ctx.seed,
-                   templates=generate.templates if generate else None, domains=generate.domains if generate else None)
+                   templates=generate.templates if generate else None, domains=generate.domains if generate else None,
+                   prompt_set=generate.prompt_set(task) if generate else "paper")
     lora = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
             "target_modules": config.lora_target_modules}
     data = f"the source data ({ctx.recipe.source.path})" if ctx.recipe.has("source") else "the source data"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .errors import HfaugError, did_you_mean
+from .extras import missing
 from .runs import StageContext, StageResult
 from .space_info import student_info, write_info
 
@@ -35,7 +36,6 @@ ONNX_DIR = "onnx"  # fp32 exports, one folder per student
 INT8_DIR = "int8"  # dynamically quantised exports
 STUDENTS_DIR = "students"  # where distill writes its students
 CARD = "README.md"
-INSTALL_HINT = "install the export extra: pip install 'hfaug[export]'"
 
 
 @dataclass
@@ -90,7 +90,7 @@ def export_onnx(student: str | Path, out_dir: str | Path, opset: int | None = No
     try:
         from optimum.exporters.onnx import main_export
     except ImportError as e:
-        raise HfaugError(f"export needs optimum-onnx ({e}); {INSTALL_HINT}") from None
+        raise missing("export", e, prefer="export") from None
     out_dir = Path(out_dir)
     try:
         # our own parity check below is stricter than Optimum's validation, and runs once
@@ -108,7 +108,7 @@ def quantize_onnx(onnx_dir: str | Path, out_dir: str | Path, quantization: str =
         from optimum.onnxruntime import ORTQuantizer
         from optimum.onnxruntime.configuration import AutoQuantizationConfig
     except ImportError as e:
-        raise HfaugError(f"quantisation needs optimum-onnx[onnxruntime] ({e}); {INSTALL_HINT}") from None
+        raise missing("quantisation", e, prefer="export") from None
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     preset = getattr(AutoQuantizationConfig, quantization)
     qconfig = preset(is_static=False, per_channel=per_channel)

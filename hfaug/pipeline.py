@@ -34,7 +34,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("source", "source", "hfaug.source:run", (), "load the labelled source data (train/dev)"),
     Stage("adapt", "adapt", "hfaug.adapt:run", ("source",),
           "LoRA-fine-tune the generator LLM on the source data (optional)",
-          reads=("generate.templates", "generate.domains")),  # it trains on generate's requests
+          reads=("generate.templates", "generate.domains", "generate.prompts")),  # it trains on generate's requests
     Stage("generate", "generate", "hfaug.generate:run", ("source", "adapt"),
           "LLM-written English candidates, cleaned"),
     Stage("translate-source", "translate", "hfaug.translate:run_source", ("source",),

@@ -76,6 +76,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from . import schema
 from .atomic import save_npy
 from .errors import HfaugError, did_you_mean
+from .extras import missing
 from .runs import StageContext, StageResult
 from .tasks import Task, get_task
 
@@ -583,8 +584,8 @@ def _embedder(model_ref: str, device: str | None):
 
     try:
         from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise HfaugError("div-k needs sentence-transformers: pip install sentence-transformers") from None
+    except ImportError as e:
+        raise missing("div-k", e) from None
     try:
         return SentenceTransformer(resolve(model_ref), device=device)
     except OSError as e:

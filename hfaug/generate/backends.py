@@ -25,6 +25,7 @@ import random
 from typing import Any
 
 from ..errors import HfaugError
+from ..extras import missing
 from ..prompts import Request
 from ..retry import classify, transient_status
 from .engine import run_requests, run_sync
@@ -709,8 +710,8 @@ class TransformersBackend(Backend):
         if self.adapter:
             try:
                 from peft import PeftModel
-            except ImportError:
-                raise HfaugError("generate: a LoRA adapter needs peft: pip install 'hfaug[generate]'") from None
+            except ImportError as e:
+                raise missing("generate: a LoRA adapter", e, prefer="generate") from None
             # merged once, so generation runs at the base model's speed
             self._model = PeftModel.from_pretrained(self._model, self.adapter).merge_and_unload()
         if self.device and not self.device_map:  # a device map has placed the weights already
