@@ -480,7 +480,9 @@ def _short(error: BaseException) -> str:
 
 def with_retries(fn: Callable[[], Any], what: str, retries: int, wait: float) -> Any:
     """Call ``fn``, retrying server errors (5xx, 429) and lost connections with doubling waits."""
-    return retrying(fn, what, RetryPolicy(retries, wait, backoff_max=float("inf"), jitter=False), describe=_short)
+    # the cap is the longest wait the doubling reaches anyway: it bounds only a server's Retry-After
+    longest = wait * 2 ** max(retries - 1, 0)
+    return retrying(fn, what, RetryPolicy(retries, wait, backoff_max=longest, jitter=False), describe=_short)
 
 
 def next_tag(existing) -> str:

@@ -218,8 +218,9 @@ async def aretrying(fn: Callable[[], Awaitable[T]], what: str, policy: RetryPoli
             delay = policy.delay(attempt, failure.retry_after)
             if on_retry is not None:
                 on_retry(e, failure, attempt)
-            logger.log(log_level, "%s failed (%s); retry %d/%d in %.1fs", what, describe(e), attempt + 1,
-                       policy.max_retries, delay)
+            if logger.isEnabledFor(log_level):
+                logger.log(log_level, "%s failed (%s); retry %d/%d in %.1fs", what, describe(e), attempt + 1,
+                           policy.max_retries, delay)
             if stop is None:
                 await asyncio.sleep(delay)
             else:
