@@ -431,3 +431,33 @@ def test_only_network_and_server_failures_are_transient():
         json.loads('{"generated_text": "trunc')
     except ValueError as e:  # a body cut short: the server's fault, sent again
         assert classify(e).reason == "malformed" and is_transient(e)
+
+
+def test_a_bug_in_one_request_ends_the_requests_in_flight_too(tmp_path):
+    import asyncio
+
+    from hfaug.generate.backends import DummyBackend
+    from hfaug.generate.cache import RequestCache
+    from hfaug.generate.engine import run_requests, run_sync
+    from hfaug.prompts import Request
+
+    class Broken(DummyBackend):
+        finished = 0
+
+        async def agenerate(self, requests, params):
+            if requests[0].index == 3:
+                raise TypeError("injected")
+            await asyncio.sleep(0.2)
+            Broken.finished += 1
+            return await super().agenerate(requests, params)
+
+    requests = [Request("review", "positive", i, (("user", f"write {i}"),), i) for i in range(40)]
+
+    async def go(cache):
+        with pytest.raises(TypeError, match="injected"):
+            await run_requests(Broken("m", batch_size=1), requests, {}, cache=cache, concurrency=8, progress=False)
+        await asyncio.sleep(0.5)  # what is still running would finish (and go on) meanwhile
+
+    with RequestCache(tmp_path / "requests.sqlite") as cache:
+        run_sync(go(cache))
+    assert Broken.finished == 0  # the requests in flight were cancelled, not finished or sent on

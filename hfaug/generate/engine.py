@@ -240,8 +240,16 @@ async def run_requests(backend: BackendBase, requests: list[Request], params: di
             cache.flush()
 
     flusher = asyncio.ensure_future(committer()) if cache is not None else None
+    tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
     try:
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # a bug in one request (or an interrupt) ends them all before the cache is flushed and closed
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
     finally:
         if flusher is not None:
             flusher.cancel()
