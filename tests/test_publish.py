@@ -781,3 +781,16 @@ def test_a_programming_error_in_a_hub_call_is_not_retried_nor_a_hub_error(hub):
     with pytest.raises(HubError, match="after 4 attempts"):
         publisher._call("commit", server_error)
     assert len(failing) == 4
+
+
+def test_a_programming_error_in_reproduces_download_is_not_a_hub_error(hub, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from hfaug.hub import download_recipe
+
+    def broken(self, *args, **kwargs):
+        raise TypeError("unexpected keyword argument (injected)")
+
+    monkeypatch.setattr(HfApi, "hf_hub_download", broken)
+    with pytest.raises(TypeError, match="injected"):  # before: HubError "try again later", exit 3
+        download_recipe(REPO, "v1")
