@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import schema
+from .atomic import atomic_folder, write_text
 from .cards import CARD_DATA, ModelCardData, model_card
 from .config import lazy_attributes
 from .errors import HfaugError, did_you_mean
@@ -722,11 +723,8 @@ def _train(ctx: StageContext, student: "Student", gold_train, gold_dev, syntheti
         # the last finished stage has this very student (a grid that grew by a seed or a subset):
         # linked, not copied, and not moved, so that stage's folder stays whole until it is replaced
         logger.info("distill: student '%s' unchanged since the last run, reused", student.name)
-        aside = work / f".student.tmp-{os.getpid()}"
-        shutil.rmtree(aside, ignore_errors=True)
-        shutil.copytree(previous, aside, copy_function=_link_or_copy)
-        shutil.rmtree(student_dir, ignore_errors=True)
-        os.replace(aside, student_dir)
+        with atomic_folder(student_dir) as aside:
+            shutil.copytree(previous, aside, copy_function=_link_or_copy, dirs_exist_ok=True)
         trained = {k: v for k, v in saved.items() if k not in _EVALUATED}
         write_json_atomic(work / _DONE, trained)
         return student_dir, trained, False
@@ -735,15 +733,10 @@ def _train(ctx: StageContext, student: "Student", gold_train, gold_dev, syntheti
     args = dataclasses.replace(ctx.config, output_dir=str(work / "checkpoints"), logging_dir=str(work / "logs"),
                                seed=student.seed)
     result = distill(gold_train, synthetic, args, ctx.task, dev=gold_dev, seed=student.seed)
-    aside = work / f".student.tmp-{os.getpid()}"
-    shutil.rmtree(aside, ignore_errors=True)
-    result.save(aside)
-    if not (work / _DONE).is_file():  # else another process (a rank of accelerate launch) finished it first
-        shutil.rmtree(student_dir, ignore_errors=True)  # a killed attempt's leftovers (no done.json)
-    try:
-        os.replace(aside, student_dir)
-    except OSError:  # the same student, saved by another process a moment ago: the same weights
-        shutil.rmtree(aside, ignore_errors=True)
+    # a student folder without done.json is a killed attempt's leftovers: replaced; with it, another
+    # process (a rank of accelerate launch) saved the same weights a moment ago: kept
+    with atomic_folder(student_dir, replace=not (work / _DONE).is_file()) as aside:
+        result.save(aside)
     write_json_atomic(work / _DONE, result.metrics)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)  # the best is saved; free the disk
     return student_dir, result.metrics, True
@@ -756,13 +749,6 @@ def _link_or_copy(source: str, target: str) -> str:
     except OSError:
         shutil.copy2(source, target)
     return target
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Through a new file: ``path`` may be a hard link into the previous stage folder."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def train_shard(run, index: int, count: int) -> str:
@@ -882,9 +868,10 @@ def run(ctx: StageContext) -> StageResult:
                 "seed": saved[name].get("seed"), "table": R.markdown(rows)} if is_grid else None
         card = _card_data(ctx, infos[name], saved[name], saved[name].get("note"), gold_descs[name], grid=grid,
                           name=name)
-        # publish-model renders the card again from card.json once the repo id and the tag are known
-        _write_text(student_dir / CARD_DATA, card.to_json())
-        _write_text(student_dir / "README.md", model_card(card))
+        # publish-model renders the card again from card.json once the repo id and the tag are known;
+        # through new files: README.md may be a hard link into the previous stage folder
+        write_text(student_dir / CARD_DATA, card.to_json())
+        write_text(student_dir / "README.md", model_card(card))
 
     # moved only once every student is trained, so a killed stage keeps them all in the cache
     for name, student_dir in finished.items():

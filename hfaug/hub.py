@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import HfaugError, HubError
+from .retry import RetryPolicy, is_network_error, retrying
+from .retry import is_transient as _transient
 
 logger = logging.getLogger(__name__)
 
@@ -83,16 +84,6 @@ def known_secrets(recipe: Any = None) -> tuple[str, ...]:
 # one repo: create, commit, tag
 
 
-def _transient(error: BaseException) -> bool:
-    import requests
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if isinstance(error, HfHubHTTPError):
-        status = getattr(error.response, "status_code", None)
-        return status is None or status >= 500 or status == 429
-    return isinstance(error, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError))
-
-
 def _status(error: BaseException) -> int | None:
     return getattr(getattr(error, "response", None), "status_code", None)
 
@@ -104,15 +95,9 @@ def short_error(error: BaseException) -> str:
 
 def with_retries(fn: Callable[[], Any], what: str, retries: int, wait: float) -> Any:
     """Call ``fn``, retrying server errors (5xx, 429) and lost connections with doubling waits."""
-    for attempt in range(retries + 1):
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001 - filtered by _transient
-            if not _transient(e) or attempt == retries:
-                raise
-            delay = wait * 2 ** attempt
-            logger.warning("%s failed (%s); retry %d/%d in %.1fs", what, short_error(e), attempt + 1, retries, delay)
-            time.sleep(delay)
+    # the cap is the longest wait the doubling reaches anyway: it bounds only a server's Retry-After
+    longest = wait * 2 ** max(retries - 1, 0)
+    return retrying(fn, what, RetryPolicy(retries, wait, backoff_max=longest, jitter=False), describe=short_error)
 
 
 def next_tag(existing) -> str:
@@ -143,6 +128,8 @@ class HubRepo:
         except HfaugError:
             raise
         except Exception as e:  # noqa: BLE001 - one line for the user; nothing was tagged
+            if not is_network_error(e):  # a bug: surfaces with its traceback
+                raise
             attempts = f" after {self.retries + 1} attempts" if _transient(e) and self.retries else ""
             raise HubError(f"publish: {what} on {hub_endpoint()} for {self.repo_id} failed{attempts}: "
                              f"{short_error(e)}; no tag was created and earlier versions are unchanged") from e
@@ -235,6 +222,8 @@ def download_recipe(repo_id: str, revision: str) -> str:
         raise HfaugError(f"reproduce: dataset repo {repo_id} not found on {hub_endpoint()} "
                          "(or it is private: set HF_TOKEN)") from None
     except Exception as e:  # noqa: BLE001 - the server or the network, not the user's input
+        if not is_network_error(e):  # a bug: surfaces with its traceback
+            raise
         raise HubError(f"reproduce: downloading {RECIPE_FILE} of {repo_id}@{revision} from {hub_endpoint()} "
                        f"failed: {short_error(e)}; try again later") from None
 
@@ -247,7 +236,9 @@ def split_rows(path: str, revision: str | None, name: str | None, split: str) ->
         from huggingface_hub import HfApi
 
         info = HfApi().dataset_info(path, revision=revision, timeout=5)
-    except Exception:  # offline, gated, unknown: the estimate says the gold rows are unknown
+    except Exception as e:  # offline, gated, unknown: the estimate says the gold rows are unknown
+        if not is_network_error(e):  # not the Hub's answer or the network's failure: a bug
+            raise
         return None
     configs = (info.card_data.to_dict() if info.card_data else {}).get("dataset_info") or []
     configs = [configs] if isinstance(configs, dict) else configs

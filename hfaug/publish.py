@@ -37,7 +37,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-import os
 import re
 import shutil
 from dataclasses import dataclass, field, replace
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import schema
+from .atomic import atomic_folder, write_json
 from .cards import (
     CARD_DATA,
     INT8_FILE,
@@ -350,17 +350,10 @@ def _write_local(folder: Path, target: Path) -> None:
     target = target.resolve()
     if target == folder.resolve():
         return
-    tmp = target.with_name(f".{target.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(folder, tmp)
-    if target.exists():
-        if not (target / "README.md").exists() and any(target.iterdir()):
-            shutil.rmtree(tmp)
-            raise HfaugError(f"publish.local_dir {target} exists and is not an hfaug layout; choose an empty folder")
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)
+    if target.exists() and not (target / "README.md").exists() and any(target.iterdir()):
+        raise HfaugError(f"publish.local_dir {target} exists and is not an hfaug layout; choose an empty folder")
+    with atomic_folder(target) as tmp:
+        shutil.copytree(folder, tmp, dirs_exist_ok=True)
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -551,7 +544,7 @@ def release(ctx: StageContext, targets: list[Target], token: str) -> tuple[str, 
         if tag in repo_tags and repo_tags[tag] != record["repos"].get(repo):
             raise HfaugError(f"publish: tag '{tag}' already exists on {repo} (commit {repo_tags[tag][:8]}); "
                              "tags are never moved: choose a new publish.tag, or leave it empty for the next vN")
-    path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    write_json(path, record, indent=1)
     (ctx.run.stage_dir(ctx.stage) / MANIFEST).unlink(missing_ok=True)
     message = scrub(config.commit_message or f"hfaug publish {tag}", ctx)
     for target in targets:
@@ -561,7 +554,7 @@ def release(ctx: StageContext, targets: list[Target], token: str) -> tuple[str, 
             continue
         if record["repos"][repo] is None:
             record["repos"][repo] = publisher.commit(target.build(tag), message)
-            path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+            write_json(path, record, indent=1)
         try:
             publisher.tag(record["repos"][repo], tag, message)
         except HubError as e:

@@ -752,3 +752,46 @@ def test_reproduce_exits_3_when_the_hub_fails(hub, tmp_path, capsys):
     assert cli.main(["reproduce", REPO, "--revision", "v1", "--output-dir", str(tmp_path / "r")]) == 3
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hfaug: error:")]
     assert len(err) == 1 and "recipe.yaml" in err[0] and "try again later" in err[0]
+
+
+def test_a_programming_error_in_a_hub_call_is_not_retried_nor_a_hub_error(hub):
+    from hfaug.errors import HubError
+    from hfaug.hub import HubRepo
+
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise TypeError("'NoneType' object is not iterable (injected)")
+
+    publisher = HubRepo(REPO, "dataset", token="t", retries=3, retry_wait=0.01)
+    with pytest.raises(TypeError, match="injected"):  # not HubError (exit 3, no traceback)
+        publisher._call("commit", broken)
+    assert calls == [1]
+    failing = []
+
+    def server_error():  # a server error still is retried, then reported as the Hub's failure
+        import requests
+        from huggingface_hub.errors import HfHubHTTPError
+
+        failing.append(1)
+        response = requests.Response()
+        response.status_code = 503
+        raise HfHubHTTPError("503 Service Unavailable", response=response)
+
+    with pytest.raises(HubError, match="after 4 attempts"):
+        publisher._call("commit", server_error)
+    assert len(failing) == 4
+
+
+def test_a_programming_error_in_reproduces_download_is_not_a_hub_error(hub, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from hfaug.hub import download_recipe
+
+    def broken(self, *args, **kwargs):
+        raise TypeError("unexpected keyword argument (injected)")
+
+    monkeypatch.setattr(HfApi, "hf_hub_download", broken)
+    with pytest.raises(TypeError, match="injected"):  # before: HubError "try again later", exit 3
+        download_recipe(REPO, "v1")
