@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import schema
+from .cards import adapter_card
 from .config import lazy_attributes, resolve
 from .errors import HfaugError, did_you_mean
 from .layout import ADAPT_JSON, ADAPTER_DIR, CARD, WORK_CHECKPOINTS, WORK_LOGS
@@ -364,89 +365,6 @@ def _last_checkpoint(output_dir: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# model card
-
-
-def model_card(*, base_model: str, task: "Task", lora: dict, metrics: dict, rows: int, data: str,
-               adapter_id: str = "<user>/<adapter-repo>", description: str = "") -> str:
-    """The adapter's README.md: what it is, how it was trained, and how to load and serve it."""
-    from .cards import PAPER_CITATION
-
-    targets = lora["target_modules"]
-    targets = targets if isinstance(targets, str) else ", ".join(targets)
-    loss = ""
-    if "loss_first" in metrics:
-        loss = (f"- training loss: {metrics['loss_first']:.4f} (step {metrics.get('loss_first_step', 1)}) -> "
-                f"{metrics['loss_last']:.4f} (step {metrics.get('loss_last_step', metrics.get('steps', '?'))})\n")
-    hub_base = base_model if not base_model.startswith(("hfaug://", "/", ".")) else None
-    front = ["---", "library_name: peft", "pipeline_tag: text-generation",
-             "tags: [hfaug, lora, sft, trl, synthetic-data-generation]"]
-    if hub_base:
-        front.append(f"base_model: {hub_base}")
-    front.append("---")
-    return "\n".join(front) + f"""
-
-# LoRA adapter: {task.name} data generator
-
-A LoRA adapter for `{base_model}` trained by hfaug (`hfaug adapt`) with TRL's
-`SFTTrainer`, so that the generator's outputs look like the user's labelled {task.name} data. It is
-the optional adaptation step of the pipeline following *Boosting Zero-Shot Crosslingual Performance
-using LLM-Based Augmentations with Effective Data Selection* (Fazili et al., Findings of ACL 2024).
-{description}
-
-## Training
-
-- base model: `{base_model}`
-- data: {rows} instruction/response pairs from {data}: each labelled row became a chat turn
-  asking for an example of its label (the generate stage's prompt) answered with the row's text
-  ({"the hypothesis of that relation to the premise" if task.is_pair else "the review"}); loss on the response only
-- LoRA: r={lora['r']}, alpha={lora['alpha']}, dropout={lora['dropout']}, target modules: {targets}
-- steps: {metrics.get('steps', '?')}
-{loss}
-## Use with peft
-
-```python
-from peft import AutoPeftModelForCausalLM
-from transformers import AutoTokenizer
-
-model = AutoPeftModelForCausalLM.from_pretrained("{adapter_id}")   # loads the base model too
-tokenizer = AutoTokenizer.from_pretrained("{adapter_id}")
-messages = [{{"role": "user", "content": "Write a single review of at most two short sentences indicating positive sentiment."}}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-print(tokenizer.decode(model.generate(inputs, max_new_tokens=64, do_sample=True)[0][inputs.shape[1]:]))
-```
-
-In hfaug, the generate stage's `transformers` backend loads the base model and this adapter.
-
-## Serve with Text Generation Inference
-
-TGI serves LoRA adapters next to the base model and picks one per request:
-
-```bash
-docker run --gpus all -p 8080:80 ghcr.io/huggingface/text-generation-inference:latest \\
-    --model-id {hub_base or '<base-model-id>'} --lora-adapters {adapter_id}
-# a local adapter folder: mount it and pass --lora-adapters name=/data/adapter
-```
-
-```python
-from huggingface_hub import InferenceClient
-
-client = InferenceClient("http://localhost:8080")
-client.text_generation(prompt, adapter_id="{adapter_id}", max_new_tokens=64)
-# raw HTTP: POST /generate {{"inputs": ..., "parameters": {{"adapter_id": "{adapter_id}"}}}}
-```
-
-Requests without `adapter_id` get the base model.
-
-## Citation
-
-```bibtex
-{PAPER_CITATION}
-```
-"""
-
-
-# ---------------------------------------------------------------------------------------------
 # stage
 
 
@@ -475,8 +393,8 @@ def run(ctx: StageContext) -> StageResult:
     lora = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
             "target_modules": config.lora_target_modules}
     data = f"the source data ({ctx.recipe.source.path})" if ctx.recipe.has("source") else "the source data"
-    card = model_card(base_model=config.model, task=task, lora=lora, metrics=result.metrics, rows=len(result.pairs),
-                      data=data, description=ctx.recipe.run.description)
+    card = adapter_card(base_model=config.model, task=task, lora=lora, metrics=result.metrics, rows=len(result.pairs),
+                        data=data, description=ctx.recipe.run.description)
     if result.adapter_dir.is_dir():  # under `accelerate launch` only the main process saves
         (result.adapter_dir / CARD).write_text(card, encoding="utf-8")
     write_json_atomic(ctx.out_dir / ADAPT_JSON, {

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from .cards import write_onnx_card
 from .errors import HfaugError, did_you_mean
 from .extras import missing
-from .layout import CARD, EXPORT_DIRS, INT8_DIR, ONNX_DIR, ONNX_FILE, STUDENTS_DIR, student_dirs
+from .layout import EXPORT_DIRS, INT8_DIR, ONNX_DIR, ONNX_FILE, STUDENTS_DIR, student_dirs
 from .runs import StageContext, StageResult
 from .space_info import student_info, write_info
 
@@ -197,7 +198,7 @@ def export(student: str | Path, out_dir: str | Path, config: ExportConfig | None
         logger.info("export %s %s: agreement %.2f%%, max prob diff %.2g on %d rows", name, variant,
                     100 * figures[variant]["agreement"], figures[variant]["max_prob_diff"], len(texts))
     for variant, folder in variants.items():
-        write_card(student, folder, name=name, variant=variant, figures=figures, config=config,
+        write_onnx_card(student, folder, name=name, variant=variant, figures=figures, config=config,
                    rows_from=rows_from, passed=not failures)
     if failures:
         raise ParityError(f"export: student '{name}' fails the parity gate on {len(texts)} {rows_from}: "
@@ -248,71 +249,6 @@ def gate_hint(failed: dict[str, float | None], figures: dict, config: ExportConf
         fixes.append("export.quantize: false (serve the fp32 model only)")
         hints.append("int8: " + ", or ".join(fixes))
     return "; ".join(hints)
-
-
-# ---------------------------------------------------------------------------------------------
-# the model card
-
-
-def write_card(student: Path, folder: Path, *, name: str, variant: str, figures: dict, config: ExportConfig,
-               rows_from: str, passed: bool) -> Path:
-    """The student's card with an ONNX section (format, parity figures, usage) appended."""
-    from .predict import read_labels
-
-    source = Path(student) / CARD
-    text = source.read_text(encoding="utf-8") if source.is_file() else f"# {name}\n"
-    text = _add_tags(text, ["onnx"] + (["int8"] if variant == "int8" else []))
-    what = ("dynamically quantised to int8 with ONNX Runtime "
-            f"(`{config.quantization}` preset, per-channel {str(config.per_channel).lower()})"
-            if variant == "int8" else "exported to ONNX (fp32) with Optimum")
-    rows = "\n".join(
-        f"| {v} | {f['agreement']:.2%} | {f['disagreements']} / {f['rows']} | {f['max_prob_diff']:.2e} | "
-        f"{f['mean_prob_diff']:.2e} |" for v, f in figures.items())
-    int8_limit = f", int8 max prob diff <= {config.int8_max_prob_diff:g}" if config.int8_max_prob_diff is not None else ""
-    section = f"""
-
-## ONNX export
-
-This folder holds the student **{name}** {what}: `model.onnx` with its `config.json` and tokenizer.
-
-Parity with the PyTorch student on {figures[variant]['rows']} {rows_from}, batched and padded identically:
-
-| model | label agreement | rows that differ | max prob diff | mean prob diff |
-|---|---|---|---|---|
-{rows}
-
-Gate: label agreement >= {config.min_agreement:.0%}, fp32 max prob diff <= {config.max_prob_diff:g}{int8_limit}: **{"passed" if passed else "FAILED"}**.
-
-```python
-from hfaug.predict import OnnxClassifier  # onnxruntime + tokenizer, no torch
-
-clf = OnnxClassifier("{folder.name}")
-clf.predict_proba(["..."])  # columns: {", ".join(read_labels(folder))}
-```
-"""
-    path = Path(folder) / CARD
-    path.write_text(text.rstrip("\n") + section, encoding="utf-8")
-    return path
-
-
-def _add_tags(card: str, tags: list[str]) -> str:
-    """Add ``tags`` to the card's YAML front matter (creating it), so the Hub lists the model as ONNX."""
-    import yaml
-
-    meta, body = {}, card
-    if card.startswith("---\n"):
-        end = card.find("\n---", 4)
-        if end != -1:
-            try:
-                meta = yaml.safe_load(card[4:end]) or {}
-                body = card[end + 4:].lstrip("\n")
-            except yaml.YAMLError:
-                meta, body = {}, card
-    if not isinstance(meta, dict):
-        meta, body = {}, card
-    existing = meta.get("tags") or []
-    meta["tags"] = list(existing) + [t for t in tags if t not in existing]
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ A run lives in ``<output_dir>/<name>/``::
         figures/*.png                data maps and label histograms                 FIGURES_DIR
     distill/
         students/<name>/             model, tokenizer, README.md, metrics.json,     STUDENTS_DIR, student_dirs()
-                                     figures/ (a grid's figures, for its card)      METRICS_JSON
+                                     card.json (the card's data), figures/ (a      METRICS_JSON, CARD_DATA
+                                     grid's figures, for its card)
         grid/                        results.md, results.json, figures/*.png        GRID_DIR
         results/                     the aggregated results as a dataset            RESULTS_DATASET
     export/
@@ -82,6 +83,7 @@ TEACHER_JSON = "teacher.json"
 # --- distill
 STUDENTS_DIR = "students"
 METRICS_JSON = "metrics.json"  # a student's training and test figures
+CARD_DATA = "card.json"  # what a student's card says (cards.ModelCardData), rendered again by publish-model
 GRID_DIR = "grid"  # the experiment grid's results.md, results.json and figures/
 GRID_MD = "results.md"
 GRID_JSON = "results.json"

@@ -68,13 +68,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import schema
+from .atomic import save_npy
 from .errors import HfaugError
 from .extras import missing
 from .layout import FIGURES_DIR
@@ -545,9 +545,7 @@ def embed_texts(texts: list[str], model_ref: str, *, batch_size: int = 64, devic
     unique = model.encode(distinct, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
                           show_progress_bar=len(distinct) > 10 * batch_size).astype(np.float32)
     if cache_path is not None:
-        tmp = cache_path.with_name(f".{cache_path.name}.tmp-{os.getpid()}.npy")
-        np.save(tmp, unique)
-        os.replace(tmp, cache_path)
+        save_npy(cache_path, unique)
     return _expand(unique, distinct, texts)
 
 
