@@ -31,6 +31,7 @@ from .atomic import save_npy
 from .errors import HfaugError
 from .layout import BEST_DIR, TEACHER_JSON, checkpoint_dirs, read_teacher
 from .runs import StageContext, StageResult, stable_hash
+from .schema import DataResult
 
 if TYPE_CHECKING:
     import datasets
@@ -155,8 +156,9 @@ def score_rows(model_path: str, texts: list[str], pairs: list[str] | None, ids: 
 
 
 def label(dataset: "datasets.Dataset", config: LabelConfig, task: "Task", *, teacher_dir: str | Path | None = None,
-          cache_dir: str | Path | None = None) -> tuple["datasets.Dataset", Counter]:
-    """Soft-label ``dataset`` with the teacher; returns (labelled rows, dropped by reason).
+          cache_dir: str | Path | None = None) -> DataResult:
+    """Soft-label ``dataset`` with the teacher: a :class:`~hfaug.schema.DataResult` whose ``data``
+    holds the labelled rows, with the rows dropped by reason.
 
     ``teacher_dir`` is the run's teacher folder, used when ``config.teacher`` is not set.
     Every process of an ``accelerate launch`` returns the same, complete dataset.
@@ -199,7 +201,7 @@ def label(dataset: "datasets.Dataset", config: LabelConfig, task: "Task", *, tea
         columns[schema.MEAN_CONFIDENCE] = stats.mean_confidence.astype("float32").tolist()
     new = datasets.Dataset.from_dict(columns, features=schema.features(task, columns))
     base = kept.remove_columns([c for c in columns if c in kept.column_names])
-    return datasets.concatenate_datasets([base, new], axis=1), dropped
+    return DataResult({"data": datasets.concatenate_datasets([base, new], axis=1)}, dropped)
 
 
 def _candidates(ctx: StageContext) -> "datasets.Dataset":
@@ -224,7 +226,8 @@ def run(ctx: StageContext) -> StageResult:
     config: LabelConfig = ctx.config
     candidates = _candidates(ctx)
     teacher_dir = ctx.input_dir("teacher") if config.teacher is None and ctx.run.manifest("teacher") else None
-    labelled, dropped = label(candidates, config, ctx.task, teacher_dir=teacher_dir, cache_dir=ctx.cache_dir)
+    result = label(candidates, config, ctx.task, teacher_dir=teacher_dir, cache_dir=ctx.cache_dir)
+    labelled, dropped = result.data, result.dropped
     counts = Counter(ctx.task.labels[i] for i in labelled[schema.LABEL])
     metrics = {"labels": {name: counts.get(name, 0) for name in ctx.task.labels}}
     if len(labelled):

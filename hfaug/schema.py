@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import HfaugError
 
@@ -16,6 +20,29 @@ if TYPE_CHECKING:  # datasets is imported lazily to keep `hfaug --help` fast
     import datasets
 
     from .tasks import Task
+
+@dataclass
+class DataResult:
+    """What every data stage function returns (source, generate, label, translate, select).
+
+    ``datasets`` by name (``data`` is a stage's main output: label's labelled rows), ``dropped``
+    the rows it left out by reason (nothing is dropped silently), ``metrics`` what it measured,
+    ``figures`` the files it drew. It unpacks as ``datasets, dropped, metrics``.
+    """
+
+    datasets: dict[str, "datasets.Dataset"]
+    dropped: Counter = field(default_factory=Counter)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+
+    @property
+    def data(self) -> "datasets.Dataset":
+        """The main output (``datasets["data"]``)."""
+        return self.datasets["data"]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.datasets, self.dropped, self.metrics))
+
 
 ID = "id"
 TASK = "task"

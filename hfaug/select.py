@@ -79,6 +79,7 @@ from .errors import HfaugError
 from .extras import missing
 from .layout import FIGURES_DIR
 from .runs import StageContext, StageResult
+from .schema import DataResult
 from .strategies import DYNAMICS_STRATEGIES, STRATEGIES, canonical_strategy, subset_name
 from .tasks import Task, get_task
 
@@ -177,16 +178,6 @@ class SelectConfig:
     @property
     def needs_embeddings(self) -> bool:
         return "div-k" in self.strategies or self.diversity
-
-
-@dataclass
-class Selection:
-    """What :func:`select` returns for one language."""
-
-    datasets: dict[str, "datasets.Dataset"]
-    dropped: Counter
-    metrics: dict[str, Any]
-    figures: list[Path] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,11 +643,11 @@ def _last_checkpoint(array, num_labels: int) -> "np.ndarray":
 
 def select(dataset: "datasets.Dataset", config: SelectConfig | None = None, task: str | Task = "sentiment", *,
            seed: int = 42, lang: str | None = None, embeddings=None, cache_dir: str | Path | None = None,
-           figures_dir: str | Path | None = None) -> Selection:
+           figures_dir: str | Path | None = None) -> DataResult:
     """Run every configured strategy and budget on one language's teacher-labelled pool.
 
     ``embeddings`` (``[len(dataset), dim]``) skips the embedder for div-k. Returns a
-    :class:`Selection` whose datasets are named ``{lang}-{short}-{k}`` / ``{lang}-all``.
+    :class:`~hfaug.schema.DataResult` whose datasets are named ``{lang}-{short}-{k}`` / ``{lang}-all``.
     """
     import numpy as np
 
@@ -821,7 +812,7 @@ def select(dataset: "datasets.Dataset", config: SelectConfig | None = None, task
         figures = write_figures(Path(figures_dir), lang, task.labels, classes=classes, confidence=confidence,
                                 variability=variability, mean_confidence=mean_conf, gold=gold, seed=seed)
     metrics["pool"] = {lang: pool_metrics}
-    return Selection(datasets=outputs, dropped=dropped, metrics=metrics, figures=figures)
+    return DataResult(datasets=outputs, dropped=dropped, metrics=metrics, figures=figures)
 
 
 def _label_counts(classes, task: Task) -> dict[str, int]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .loading import DataSpec, load_labelled
 from .runs import StageContext, StageResult
+from .schema import DataResult
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,8 @@ class SourceConfig(DataSpec):
             raise ValueError(f"source.dev_fraction must be in [0, 1), got {self.dev_fraction}")
 
 
-def source(config: SourceConfig, task, seed: int = 42):
-    """Load train and dev splits; returns ({"train": ds, "dev": ds}, dropped)."""
+def source(config: SourceConfig, task, seed: int = 42) -> DataResult:
+    """Load train and dev splits: a :class:`~hfaug.schema.DataResult` with datasets train and dev."""
     train, dropped = load_labelled(config, task, seed=seed, where="source")
     if config.dev is not None:
         dev, dev_dropped = load_labelled(config.dev, task, seed=seed, where="source.dev")
@@ -40,11 +41,11 @@ def source(config: SourceConfig, task, seed: int = 42):
         train, dev = parts["train"], parts["test"]
     else:
         dev = train.select([])
-    return {"train": train, "dev": dev}, dropped
+    return DataResult({"train": train, "dev": dev}, dropped)
 
 
 def run(ctx: StageContext) -> StageResult:
-    splits, dropped = source(ctx.config, ctx.task, ctx.seed)
+    splits, dropped, _ = source(ctx.config, ctx.task, ctx.seed)
     counts = Counter()
     for split, ds in splits.items():
         for label in ds["label"]:

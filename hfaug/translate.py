@@ -55,6 +55,7 @@ from .languages import (
     script_share,
 )
 from .runs import StageContext, StageResult
+from .schema import DataResult
 
 if TYPE_CHECKING:
     import datasets
@@ -831,15 +832,16 @@ def translate_datasets(parts: dict[str, "datasets.Dataset"], config: TranslateCo
 
 def translate(dataset: "datasets.Dataset", config: TranslateConfig, task: "Task | str" = "sentiment", *,
               cache_dir: str | Path | None = None, seed: int = 42,
-              progress: bool = True) -> tuple[dict[str, "datasets.Dataset"], Counter, dict]:
+              progress: bool = True) -> DataResult:
     """Translate one dataset into every language of ``config``.
 
-    Returns ({lang: dataset}, dropped counts keyed ``<lang>.<reason>``, metrics per language).
+    Returns a :class:`~hfaug.schema.DataResult`: datasets by language, dropped counts keyed
+    ``<lang>.<reason>``, metrics per language.
     With ``cache_dir`` finished translations persist there and a rerun translates only the rest.
     """
     outputs, dropped, metrics = translate_datasets({"data": dataset}, config, task, cache_dir=cache_dir,
                                                    seed=seed, progress=progress)
-    return outputs["data"], dropped, metrics
+    return DataResult(outputs["data"], dropped, metrics)
 
 
 def _translated_dataset(ds: "datasets.Dataset", translated: dict[str, str | None], lang: Language,

@@ -74,3 +74,16 @@ def test_missing_package_is_one_line_naming_the_extra():
     assert str(error).startswith("div-k needs sentence_transformers_not_installed")
     info.value.name = "sentence_transformers"
     assert str(missing("div-k", info.value)).endswith("pip install 'hfaug[train]'")
+
+
+def test_data_stages_return_one_result_type():
+    import inspect
+
+    from hfaug import generate, label, select, source, translate
+    from hfaug.schema import DataResult
+
+    for fn in (source.source, generate.generate, label.label, translate.translate, select.select):
+        assert inspect.signature(fn).return_annotation in ("DataResult", DataResult), fn.__qualname__
+    result = DataResult({"data": "rows"}, dropped={"empty_text": 2}, metrics={"n": 1})
+    data, dropped, metrics = result  # unpacks as the stage functions' tuples did
+    assert (data, dropped, metrics, result.data) == ({"data": "rows"}, {"empty_text": 2}, {"n": 1}, "rows")

@@ -515,7 +515,7 @@ def test_lora_adapter_from_the_adapt_stage_is_loaded(tiny, tmp_path):
                "threads": 1, "clean": {"min_chars": 1, "near_duplicates": False}}
     data = recipe_dict(tmp_path, "sentiment", section)
     plain = generate(GenerateConfig(**{**section, "clean": CleanConfig(**section["clean"])}), get_task("sentiment"),
-                     seed=7)[0]["raw"]["output"]
+                     seed=7).datasets["raw"]["output"]
     data["adapt"] = {"model": base}
     run = Run(load_recipe(data))
     run_stage(run, "source")

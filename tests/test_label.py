@@ -59,7 +59,8 @@ def test_soft_labels_sum_to_one_in_task_order_at_the_teachers_max_length(teacher
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    out, dropped = label(candidates, LabelConfig(batch_size=7), SENTIMENT, teacher_dir=teacher)
+    labelled = label(candidates, LabelConfig(batch_size=7), SENTIMENT, teacher_dir=teacher)
+    out, dropped = labelled.data, labelled.dropped
     assert not dropped and len(out) == len(candidates)
     # order and the input columns are kept
     assert out["id"] == candidates["id"] and out["prompt_label"] == candidates["prompt_label"]
@@ -84,7 +85,8 @@ def test_soft_labels_sum_to_one_in_task_order_at_the_teachers_max_length(teacher
 
 
 def test_dynamics_follow_the_paper_formulas(teacher, candidates):
-    out, _ = label(candidates, LabelConfig(dynamics=True), SENTIMENT, teacher_dir=teacher)
+    labelled = label(candidates, LabelConfig(dynamics=True), SENTIMENT, teacher_dir=teacher)
+    out = labelled.data
     probs = np.array(out[schema.CHECKPOINT_PROBS])
     assert probs.shape == (len(candidates), 3, 3)  # rows x epochs x labels
     for epoch in range(3):
@@ -101,13 +103,15 @@ def test_dynamics_follow_the_paper_formulas(teacher, candidates):
 def test_finished_chunks_are_reused_from_the_cache(teacher, candidates, tmp_path):
     cache = tmp_path / "cache"
     config = LabelConfig(chunk_size=25)
-    first, _ = label(candidates, config, SENTIMENT, teacher_dir=teacher, cache_dir=cache)
+    labelled = label(candidates, config, SENTIMENT, teacher_dir=teacher, cache_dir=cache)
+    first = labelled.data
     chunks = sorted(cache.rglob("*.npy"))
     assert len(chunks) == 3  # 60 rows in chunks of 25
     # a resumed run reads finished chunks instead of recomputing them: plant a marker in one
     planted = np.tile(np.array([[0.7, 0.2, 0.1]], dtype=np.float32), (25, 1))
     np.save(next(c for c in chunks if c.name.startswith("0-")), planted)
-    again, _ = label(candidates, config, SENTIMENT, teacher_dir=teacher, cache_dir=cache)
+    labelled = label(candidates, config, SENTIMENT, teacher_dir=teacher, cache_dir=cache)
+    again = labelled.data
     np.testing.assert_allclose(np.array(again[schema.SOFT_LABEL])[:25], planted)
     np.testing.assert_allclose(np.array(again[schema.SOFT_LABEL])[25:], np.array(first[schema.SOFT_LABEL])[25:])
 
@@ -170,8 +174,9 @@ from hfaug.label import LabelConfig, label
 from hfaug.tasks import get_task
 
 pool = datasets.load_from_disk(sys.argv[2])
-out, dropped = label(pool, LabelConfig(dynamics=True, batch_size=4, chunk_size=16), get_task("sentiment"),
-                     teacher_dir=sys.argv[1])
+labelled = label(pool, LabelConfig(dynamics=True, batch_size=4, chunk_size=16), get_task("sentiment"),
+                 teacher_dir=sys.argv[1])
+out, dropped = labelled.data, labelled.dropped
 state = process_state()
 out.save_to_disk(f"{sys.argv[3]}-{state.process_index}")
 # a file per rank: two processes printing to one pipe can interleave their lines
@@ -199,7 +204,8 @@ def test_two_processes_under_accelerate_give_the_same_rows_and_probabilities(tea
     ranks = [json.loads((tmp_path / f"multi-{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks == [{"rank": rank, "world": 2, "rows": 60} for rank in (0, 1)]
 
-    single, dropped = label(pool, LabelConfig(dynamics=True), SENTIMENT, teacher_dir=teacher)
+    labelled = label(pool, LabelConfig(dynamics=True), SENTIMENT, teacher_dir=teacher)
+    single, dropped = labelled.data, labelled.dropped
     assert dropped == {"empty_text": 1}
     for rank in (0, 1):
         multi = datasets.load_from_disk(str(tmp_path / f"multi-{rank}"))

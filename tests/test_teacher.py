@@ -191,7 +191,8 @@ def test_nli_teacher_reads_sentence_pairs(tmp_path, tiny):
     assert ids.count(tok.sep_token_id) == 3
 
     hi = rows("nli_hi")
-    out, _ = label(hi, LabelConfig(), nli, teacher_dir=tmp_path / "nli")
+    labelled = label(hi, LabelConfig(), nli, teacher_dir=tmp_path / "nli")
+    out = labelled.data
     assert out["premise"] == hi["premise"] and out["hypothesis"] == hi["hypothesis"]
     np.testing.assert_allclose(np.array(out["soft_label"]).sum(axis=1), 1.0, atol=1e-5)
     # the hypothesis is read: the same premise with different hypotheses scores differently

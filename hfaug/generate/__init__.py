@@ -41,6 +41,7 @@ from ..prompts import (
     sentiment_requests,
     templates_for,
 )
+from ..schema import DataResult
 from .clean import CleanConfig, clean_text, duplicates
 
 if TYPE_CHECKING:
@@ -273,8 +274,9 @@ class GenerateConfig:
 
 def generate(config: GenerateConfig, task: "Task", *, seed: int = 42, cache_dir: str | Path | None = None,
              backend: "Backend | None" = None, source: "datasets.Dataset | None" = None,
-             ) -> tuple[dict[str, "datasets.Dataset"], Counter, dict]:
-    """Generate, clean and deduplicate; returns ({"data": clean, "raw": raw}, dropped, metrics).
+             ) -> DataResult:
+    """Generate, clean and deduplicate: a :class:`~hfaug.schema.DataResult` with datasets ``data``
+    (the clean rows) and ``raw``, the rows dropped by reason, and the request metrics.
 
     ``cache_dir`` holds the request cache (``requests.sqlite``); without it nothing is resumable.
     ``source`` (labelled rows: text or premise + hypothesis, label) feeds ``few_shot`` examples.
@@ -286,7 +288,7 @@ def generate(config: GenerateConfig, task: "Task", *, seed: int = 42, cache_dir:
     backend = backend or make_backend(config, model=config.model_ref)
     cache = _open_cache(cache_dir, refresh=config.refresh_cache)
     try:
-        return run_sync(_generate(config, task, seed, backend, cache, shots))
+        return DataResult(*run_sync(_generate(config, task, seed, backend, cache, shots)))
     finally:
         if cache is not None:
             cache.close()
