@@ -21,6 +21,12 @@ first use; skipped with a note when it cannot be installed).
 
     python scripts/bench/bench_scale.py [--sizes 10000 50000 200000] [--tasks sentiment nli]
                                         [--stages generate label ...] [--compare] [--no-flow]
+                                        [--fresh] [--work runs/bench-scale]
+
+Progressive and resumable: after every stage the table (bench/results/scale.json, scale.md and
+BENCHMARKS.md) is written again, so an interrupted run keeps its figures; a rerun keeps the
+(task, size, stage) cells measured before whose outputs are still in the work folder and runs the
+rest, unless --fresh.
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -118,7 +123,16 @@ def disk_mb(*paths: Path) -> float:
     return round(total / 2**20, 1)
 
 
-def flow(task: str, n: int, stages: list[str], work: Path) -> dict:
+def measured(cell: dict | None) -> bool:
+    """A cell measured in full by this benchmark (CPU seconds came later: older cells lack them)."""
+    return bool(cell) and "failed" not in cell and "cpu_s" in cell
+
+
+def flow(task: str, n: int, stages: list[str], work: Path, done: dict, record) -> dict:
+    """The stages of one (task, size), each recorded (``record(stage, figures)``) as soon as it ends.
+
+    A stage already measured (in ``done``) whose output is still in ``work`` is not run again, so
+    a rerun resumes where an interrupted one stopped."""
     import yaml
 
     from hfaug.config import load_recipe
@@ -133,11 +147,16 @@ def flow(task: str, n: int, stages: list[str], work: Path) -> dict:
         run_stage(path, "source")
         out = {}
         for stage in stages:
+            if measured(done.get(stage)) and run.manifest(stage):
+                print(f"  {task} {n:>7} {stage:<10} measured before, kept", flush=True)
+                out[stage] = done[stage]
+                continue
             try:
                 figures = run_stage(path, stage)
             except RuntimeError as e:  # recorded; the later stages need this one
                 print(f"  {task} {n:>7} {stage}: {e}", flush=True)
                 out[stage] = {"failed": str(e).splitlines()[-1][:300]}
+                record(stage, out[stage])
                 break
             figures["disk_mb"] = disk_mb(run.stage_dir(stage), run.root / "cache" / stage)
             metrics = (run.manifest(stage) or {}).get("metrics") or {}
@@ -146,6 +165,7 @@ def flow(task: str, n: int, stages: list[str], work: Path) -> dict:
                                                              "requests_per_s", "rows_kept")})
                 figures["rows_in"] = run.manifest(stage)["rows_in"]
             out[stage] = figures
+            record(stage, figures)
             print(f"  {task} {n:>7} {stage:<10} {figures}", flush=True)
         return out
     finally:
@@ -320,47 +340,58 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-flow", action="store_true", help="only the side-by-side comparison")
     parser.add_argument("--note", default=None, help="a note on this measurement for the table (kept)")
     parser.add_argument("--store", default="scale.json", help="results file under bench/results (merged into)")
-    parser.add_argument("--work", default=None, help="where the runs go (default: a temp folder, removed)")
+    parser.add_argument("--work", default=None, help="where the runs go and stay, so a rerun resumes "
+                        "(default: runs/bench-scale)")
+    parser.add_argument("--fresh", action="store_true", help="measure the chosen (task, size, stage) cells "
+                        "again instead of keeping those measured before")
     args = parser.parse_args(argv)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     store = RESULTS / args.store
-    saved = json.loads(store.read_text()) if store.exists() else {"flow": {}, "compare": None}
 
-    def save():  # merged with what another size's run wrote meanwhile
-        now = json.loads(store.read_text()) if store.exists() else {"flow": {}, "compare": None}
-        for task, sizes in saved["flow"].items():
-            for size, stages in sizes.items():
-                now["flow"].setdefault(task, {}).setdefault(size, {}).update(stages)
-        now["compare"] = saved["compare"] or now["compare"]
-        store.write_text(json.dumps(now, indent=2))
-        return now
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="hfaug-scale-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        if args.compare:
-            saved["compare"] = compare(args.compare_requests, work)
-            save()
-        if not args.no_flow:
-            for task in args.tasks:
-                for n in args.sizes:
-                    print(f"== {task} at {n:,} generations", flush=True)
-                    saved["flow"].setdefault(task, {})[str(n)] = flow(task, n, args.stages, work)
-                    save()  # each size as soon as it is measured
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
-    saved = save()
+    def load() -> dict:
+        return json.loads(store.read_text()) if store.exists() else {"flow": {}, "compare": None}
+
+    def publish(saved: dict) -> None:
+        """scale.json, then scale.md and BENCHMARKS.md from it: a partial run keeps its figures."""
+        tmp = store.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(saved, indent=2))
+        tmp.replace(store)
+        text = table(saved["flow"], saved["compare"])
+        if saved.get("note"):
+            text += "\n" + saved["note"] + "\n"
+        (RESULTS / "scale.md").write_text(text)
+        import run_all
+
+        run_all.write_report()
+
+    saved = load()
     if args.note is not None:
         saved["note"] = args.note
-        store.write_text(json.dumps(saved, indent=2))
-    text = table(saved["flow"], saved["compare"])
-    if saved.get("note"):
-        text += "\n" + saved["note"] + "\n"
-    (RESULTS / "scale.md").write_text(text)
-    import run_all
+    work = Path(args.work) if args.work else ROOT / "runs" / "bench-scale"
+    work.mkdir(parents=True, exist_ok=True)
+    if args.fresh and not args.no_flow:  # forget the chosen cells and their runs' outputs
+        for task in args.tasks:
+            for n in args.sizes:
+                cells = saved["flow"].get(task, {}).get(str(n), {})
+                for stage in args.stages:
+                    cells.pop(stage, None)
+                shutil.rmtree(work / f"{task}-{n}", ignore_errors=True)
+    if args.compare:
+        saved["compare"] = compare(args.compare_requests, work)
+        publish(saved)
+    if not args.no_flow:
+        for task in args.tasks:
+            for n in args.sizes:
+                print(f"== {task} at {n:,} generations", flush=True)
+                cells = saved["flow"].setdefault(task, {}).setdefault(str(n), {})
 
-    run_all.write_report()
+                def record(stage: str, figures: dict, cells=cells) -> None:
+                    cells[stage] = figures
+                    publish(saved)  # after every stage
+
+                flow(task, n, args.stages, work, dict(cells), record)
+    publish(saved)
     return 0
 
 
