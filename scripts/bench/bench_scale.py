@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE))
 from _common import RESULTS, ROOT, machine  # noqa: E402
 
 RECIPES = {"sentiment": "paper/sentiment-hi", "nli": "paper/xnli-hi"}
-STAGES = ["generate", "teacher", "label", "translate", "select", "publish", "distill", "export", "evaluate"]
+STAGES = ["generate", "translate-source", "teacher", "label", "translate", "select", "publish", "distill", "export", "evaluate"]
 DISTILABEL_VENV = Path(os.environ.get("HFAUG_BENCH_DISTILABEL_VENV", "/tmp/hfaug-bench-distilabel"))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1",
        "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
@@ -136,6 +136,7 @@ def flow(task: str, n: int, stages: list[str], work: Path, done: dict, record) -
     import yaml
 
     from hfaug.config import load_recipe
+    from hfaug.pipeline import planned
     from hfaug.runs import Run
 
     server, url = start_server(latency=0.0)
@@ -146,7 +147,9 @@ def flow(task: str, n: int, stages: list[str], work: Path, done: dict, record) -
         run = Run(load_recipe(str(path)))
         run_stage(path, "source")
         out = {}
-        for stage in stages:
+        # the recipe's setting decides the stages and their order (translated-teacher: translate-source
+        # before teacher)
+        for stage in [s.name for s in planned(run.recipe) if s.name in stages]:
             if measured(done.get(stage)) and run.manifest(stage):
                 print(f"  {task} {n:>7} {stage:<10} measured before, kept", flush=True)
                 out[stage] = done[stage]
