@@ -26,7 +26,7 @@ first use; skipped with a note when it cannot be installed).
 Progressive and resumable: after every stage the table (bench/results/scale.json, scale.md and
 BENCHMARKS.md) is written again, so an interrupted run keeps its figures; a rerun keeps the
 (task, size, stage) cells measured before whose outputs are still in the work folder and runs the
-rest, unless --fresh.
+rest, unless --fresh (the side-by-side comparison likewise).
 """
 
 from __future__ import annotations
@@ -48,8 +48,14 @@ from _common import RESULTS, ROOT, machine  # noqa: E402
 RECIPES = {"sentiment": "paper/sentiment-hi", "nli": "paper/xnli-hi"}
 STAGES = ["generate", "translate-source", "teacher", "label", "translate", "select", "publish", "distill", "export", "evaluate"]
 DISTILABEL_VENV = Path(os.environ.get("HFAUG_BENCH_DISTILABEL_VENV", "/tmp/hfaug-bench-distilabel"))
+# One intra-op thread per stage process: on a machine shared with other jobs, torch's OpenMP workers
+# spin at every barrier while a sibling thread waits for a core, and that spinning is counted as the
+# stage's CPU time (translate at 10,000 rows under load average ~5 on 2 cores: 15 CPU s with one
+# thread, 97 with two, 195 s wall against 57), so the exponents would measure the machine's load.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1",
-       "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+       "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT),
+       "OMP_NUM_THREADS": os.environ.get("HFAUG_BENCH_THREADS", "1"),
+       "MKL_NUM_THREADS": os.environ.get("HFAUG_BENCH_THREADS", "1")}
 
 
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:
@@ -275,12 +281,14 @@ def table(results: dict, comparison: dict | None) -> str:
     lines = ["## Scale (`make bench-scale`)", "",
              f"Written by scripts/bench/bench_scale.py on {machine()}. Each stage is its own process "
              "(`python -m hfaug <stage>`); a cell is wall seconds / CPU seconds (user + system of the stage "
-             "process) / peak RSS MB / disk MB (output folder and cache). The machine is shared with other "
-             "jobs (load average 10-16 on 2 cores while measured), so wall seconds are noisy; the growth "
-             "exponent log(t2/t1)/log(n2/n1) is taken on CPU seconds (target <= 1.15), which also include "
-             "a fixed ~10-20 s of start-up (imports, models), so small sizes understate it. Teacher, distill, "
-             "export and evaluate do not depend on the number of generations (capped epochs/steps, a fixed "
-             "budget of 2,500 per class).", ""]
+             "process) / peak RSS MB / disk MB (output folder and cache). Stage processes run with one "
+             "intra-op thread (OMP_NUM_THREADS=1; HFAUG_BENCH_THREADS changes it): the machine is shared "
+             "with other jobs, so wall seconds are noisy, and with two threads torch's OpenMP spin-waits "
+             "would be counted as CPU time. The growth exponent log(t2/t1)/log(n2/n1) is taken on CPU "
+             "seconds (target <= 1.15), which also include a fixed ~7-10 s of start-up (imports, models), "
+             "so small sizes understate it. Translate-source, teacher, distill, export and evaluate do not "
+             "depend on the number of generations (the source data, capped epochs/steps, a fixed budget of "
+             "2,500 per class).", ""]
     for task, by_size in results.items():
         sizes = sorted(by_size, key=int)
         lines += [f"### {task} ({RECIPES[task]})", "",
@@ -380,7 +388,9 @@ def main(argv: list[str]) -> int:
                 for stage in args.stages:
                     cells.pop(stage, None)
                 shutil.rmtree(work / f"{task}-{n}", ignore_errors=True)
-    if args.compare:
+    if args.compare and saved.get("compare") and not args.fresh:
+        print("  compare: measured before, kept (--fresh measures it again)", flush=True)
+    elif args.compare:
         saved["compare"] = compare(args.compare_requests, work)
         publish(saved)
     if not args.no_flow:
