@@ -90,9 +90,13 @@ def recipe(task: str, n: int, url: str, out: Path, concurrency: int = 64) -> dic
     data["label"] = {"dynamics": True, "batch_size": 256, "max_length": 64}
     # the translated-teacher setting (the paper's) trains the teacher on the translated source
     translate_source = data.get("setting") == "translated-teacher"
+    # Sampled, short: greedy decoding by the random-weight tiny model gives every text the same
+    # output, and select's duplicate filter then leaves a pool of one row (select, publish and
+    # distill would measure nothing); sampling gives each row its own "translation" at the cost of
+    # greedy decoding (one sample, 4-8 new tokens; a real model's cost is in its size, not hfaug's).
     data["translate"] = {"model": "hfaug://tiny/mt", "languages": ["hi"], "source": translate_source, "batch_size": 64,
                          "num_beams": 1, "split_sentences": False, "max_new_tokens": 8, "min_new_tokens": 4,
-                         "no_repeat_ngram_size": 2, "checks": []}
+                         "no_repeat_ngram_size": 2, "checks": [], "do_sample": True, "temperature": 1.0}
     data["select"].update(embedder="hfaug://tiny/embedder", embed_batch_size=256, min_words=0, figures=False)
     data["distill"] = {"model": "hfaug://tiny/encoder", "num_train_epochs": 1, "max_steps": 40,
                        "learning_rate": 3.0e-3, "per_device_train_batch_size": 32, "max_length": 64,
@@ -169,6 +173,10 @@ def flow(task: str, n: int, stages: list[str], work: Path, done: dict, record) -
                 break
             figures["disk_mb"] = disk_mb(run.stage_dir(stage), run.root / "cache" / stage)
             metrics = (run.manifest(stage) or {}).get("metrics") or {}
+            manifest = run.manifest(stage) or {}
+            figures["rows_in"] = manifest.get("rows_in")
+            if stage == "select":  # the candidate pool after select's filters (duplicates, lengths)
+                figures["pool_rows"] = sum(p.get("rows", 0) for p in (metrics.get("pool") or {}).values())
             if stage == "generate":
                 figures.update({k: metrics.get(k) for k in ("request_phase_s", "dedupe_s", "stage_s",
                                                              "requests_per_s", "rows_kept")})
@@ -319,6 +327,12 @@ def table(results: dict, comparison: dict | None) -> str:
                   if "failed" in f]
         if failed:
             lines += ["", "failed: " + "; ".join(failed)]
+        rows = [f"{int(n):,}: " + ", ".join(f"{stage} {by_size[n][stage]['rows_in']:,}" for stage in stages
+                                            if (by_size[n].get(stage) or {}).get("rows_in"))
+                + (f"; select's pool after its filters {by_size[n]['select']['pool_rows']:,}"
+                   if "pool_rows" in by_size[n].get("select", {}) else "") for n in sizes]
+        if any(":" in r for r in rows):
+            lines += ["", "rows in per stage: " + "; ".join(rows)]
         if gen:
             lines += ["", "generate in detail: " + "; ".join(
                 f"{int(n):,}: {g['rows_in']:,} rows asked, {g['rows_kept']:,} kept, request phase {g['request_phase_s']} s "
