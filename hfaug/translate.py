@@ -600,6 +600,8 @@ def translate_texts(translator: Translator, texts: list[str], lang: Language, *,
     unique = [t for t in dict.fromkeys(texts) if t.strip()]
 
     # segments: a text, or its sentence chunks when it is longer than the model's input
+    # token lengths, counted once per segment: the plan and the length sort share them (at 130,000
+    # texts a second pass of the tokenizer over every text cost as much as a tenth of the stage)
     lengths = dict(zip(unique, translator.lengths(unique, code)))
     plan: dict[str, list[str]] = {}
     for text in unique:
@@ -609,6 +611,7 @@ def translate_texts(translator: Translator, texts: list[str], lang: Language, *,
         sentences = split_sentences(text) if cfg.split_sentences else [text]
         if len(sentences) > 1:
             sentence_lengths = translator.lengths(sentences, code)
+            lengths.update(zip(sentences, sentence_lengths))
             plan[text] = _pack(sentences, sentence_lengths, cfg.max_length)
             stats["split"] += 1
             stats["truncated"] += sum(1 for n in sentence_lengths if n > cfg.max_length)
@@ -628,9 +631,11 @@ def translate_texts(translator: Translator, texts: list[str], lang: Language, *,
     stats["segments"] += len(segments)
     stats["cache_hits"] += len(done)
     if missing and cfg.sort_by_length:
-        seg_lengths = dict(zip(missing, translator.lengths(missing, code)))
+        # packed chunks (several sentences) are the only segments not counted yet
+        uncounted = [s for s in missing if s not in lengths]
+        lengths.update(zip(uncounted, translator.lengths(uncounted, code)))
         # longest first: the memory peak comes at once, and the bar's estimate errs on the safe side
-        missing.sort(key=lambda s: -seg_lengths[s])
+        missing.sort(key=lambda s: -lengths[s])
 
     failed: set[str] = set()
     with tqdm(total=len(missing), desc=f"translate {lang.code}", unit="seg", disable=not progress or not missing,
@@ -846,7 +851,8 @@ def _translated_dataset(ds: "datasets.Dataset", translated: dict[str, str | None
     reasons: Counter = Counter()
     keep: list[int] = []
     columns: dict[str, list[str]] = {col: [] for col in task.text_columns}
-    originals = {col: ds[col] for col in task.text_columns}
+    # plain lists: indexing a dataset's column row by row reads it through Arrow once per row
+    originals = {col: list(ds[col]) for col in task.text_columns}
     for i in range(len(ds)):
         row_out = {}
         issue = None

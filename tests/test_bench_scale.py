@@ -82,6 +82,15 @@ def test_partial_run_keeps_its_figures_and_a_rerun_resumes(bench, tmp_path):
     bench.main(_argv(tmp_path, "--fresh"))
     assert bench.calls == ["translate-source", "teacher", "label"]
 
+    # --fresh on some stages measures those again and keeps the others
+    bench.calls.clear()
+    bench.main(["--tasks", "sentiment", "--sizes", "1000", "--stages", "teacher", "--work", str(tmp_path / "work"),
+                "--fresh"])
+    assert bench.calls == ["teacher"]
+    bench.calls.clear()
+    bench.main(_argv(tmp_path))
+    assert bench.calls == []
+
 
 def test_a_measured_stage_whose_output_is_gone_runs_again(bench, tmp_path):
     bench.main(_argv(tmp_path))

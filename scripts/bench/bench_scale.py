@@ -395,13 +395,15 @@ def main(argv: list[str]) -> int:
         saved["note"] = args.note
     work = Path(args.work) if args.work else ROOT / "runs" / "bench-scale"
     work.mkdir(parents=True, exist_ok=True)
-    if args.fresh and not args.no_flow:  # forget the chosen cells and their runs' outputs
+    if args.fresh and not args.no_flow:  # forget the chosen cells, their outputs and caches
         for task in args.tasks:
             for n in args.sizes:
                 cells = saved["flow"].get(task, {}).get(str(n), {})
+                root = work / f"{task}-{n}" / f"scale-{task}-{n}"  # output_dir / the recipe's name
                 for stage in args.stages:
                     cells.pop(stage, None)
-                shutil.rmtree(work / f"{task}-{n}", ignore_errors=True)
+                    shutil.rmtree(root / stage, ignore_errors=True)
+                    shutil.rmtree(root / "cache" / stage, ignore_errors=True)
     if args.compare and saved.get("compare") and not args.fresh:
         print("  compare: measured before, kept (--fresh measures it again)", flush=True)
     elif args.compare:
