@@ -803,7 +803,7 @@ def translate_datasets(parts: dict[str, "datasets.Dataset"], config: TranslateCo
             translator = translators[lang.code]
             stats: Counter = Counter()
             start = time.perf_counter()
-            texts = [t for ds in parts.values() for col in task.text_columns for t in ds[col]]
+            texts = [t for ds in parts.values() for col in task.text_columns for t in schema.column_values(ds, col)]
             translated = dict(zip(texts, translate_texts(translator, texts, lang, cache=cache, stats=stats,
                                                          progress=progress)))
             seconds = time.perf_counter() - start
@@ -852,7 +852,7 @@ def _translated_dataset(ds: "datasets.Dataset", translated: dict[str, str | None
     keep: list[int] = []
     columns: dict[str, list[str]] = {col: [] for col in task.text_columns}
     # plain lists: indexing a dataset's column row by row reads it through Arrow once per row
-    originals = {col: list(ds[col]) for col in task.text_columns}
+    originals = {col: schema.column_values(ds, col) for col in task.text_columns}
     for i in range(len(ds)):
         row_out = {}
         issue = None
@@ -872,7 +872,7 @@ def _translated_dataset(ds: "datasets.Dataset", translated: dict[str, str | None
     order = list(ds.column_names) + [c for c in (schema.SOURCE_ID, schema.LANG) if c not in ds.column_names]
     out = ds.select(keep)
     new = dict(columns)
-    new[schema.SOURCE_ID] = list(out[schema.ID])
+    new[schema.SOURCE_ID] = schema.column_values(out, schema.ID)
     new[schema.ID] = [schema.make_id(task.name, lang.code, *(columns[c][j] for c in task.text_columns))
                       for j in range(len(keep))]
     new[schema.LANG] = [lang.code] * len(keep)
