@@ -46,7 +46,8 @@ sys.path.insert(0, str(HERE))
 from _common import RESULTS, ROOT, machine  # noqa: E402
 
 RECIPES = {"sentiment": "paper/sentiment-hi", "nli": "paper/xnli-hi"}
-STAGES = ["generate", "translate-source", "teacher", "label", "translate", "select", "publish", "distill", "export", "evaluate"]
+# in the paper setting's order (translated-teacher: the teacher labels the translations)
+STAGES = ["generate", "translate-source", "teacher", "translate", "label", "select", "publish", "distill", "export", "evaluate"]
 DISTILABEL_VENV = Path(os.environ.get("HFAUG_BENCH_DISTILABEL_VENV", "/tmp/hfaug-bench-distilabel"))
 # One intra-op thread per stage process: on a machine shared with other jobs, torch's OpenMP workers
 # spin at every barrier while a sibling thread waits for a core, and that spinning is counted as the
