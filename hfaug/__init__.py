@@ -1,14 +1,26 @@
 """hfaug: LLM-based augmentations with effective data selection for zero-shot crosslingual transfer.
 
 The Python API mirrors the CLI. Each stage is a module holding a config dataclass and a function
-of the same name, Dataset in, Dataset out::
+of the same name, Dataset in, Dataset out. Selecting the most confident row per teacher-predicted
+class from soft-labelled candidates (columns ``id``, ``text``, ``soft_label`` in the task's label
+order, here negative / neutral / positive)::
 
-    from hfaug import label, select
-    labelled = label.label(candidates, label.LabelConfig(teacher="runs/demo/teacher/best"), task)
-    subsets = select.select(labelled, select.SelectConfig(strategies=["div-k"], budgets=[2500]), task)
+    >>> import datasets
+    >>> from hfaug import select
+    >>> pool = datasets.Dataset.from_dict({
+    ...     "id": ["r1", "r2", "r3", "r4", "r5", "r6"],
+    ...     "text": ["a great film", "wonderful actors", "a dull plot", "the worst evening",
+    ...              "it runs two hours", "shot in Mumbai"],
+    ...     "soft_label": [[.1, .1, .8], [.05, .05, .9], [.7, .2, .1], [.9, .05, .05], [.2, .6, .2], [.1, .8, .1]],
+    ... })
+    >>> chosen = select.select(pool, select.SelectConfig(strategies=["top-k"], budgets=[1], min_words=0),
+    ...                        "sentiment")
+    >>> sorted(chosen.datasets["en-topk-1"]["text"])
+    ['shot in Mumbai', 'the worst evening', 'wonderful actors']
 
-and ``hfaug.run("demo")`` runs a whole recipe. Stage modules are imported on first use, so
-``import hfaug`` stays light.
+The other stages read the same way (``label.label(candidates, label.LabelConfig(teacher=...), task)``
+returns the soft-labelled rows and the rows dropped by reason), and ``hfaug.run("demo")`` runs a whole
+recipe. Stage modules are imported on first use, so ``import hfaug`` stays light.
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ __version__ = "0.1.0"
 os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "0")
 
 _STAGE_MODULES = (
-    "source", "generate", "teacher", "label", "translate", "select", "publish",
+    "source", "generate", "adapt", "teacher", "label", "translate", "select", "publish",
     "distill", "evaluate", "export", "serve", "predict",
 )
 _LAZY = {

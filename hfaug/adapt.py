@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import schema
+from .cards import adapter_card
 from .config import lazy_attributes, resolve
 from .errors import HfaugError, did_you_mean
 from .prompts import base_key, check_templates, instruction, templates_for
@@ -58,9 +59,11 @@ INSTRUCTION_KEYS = {"sentiment": ("system", "positive", "negative", "neutral"),
 TEMPLATE_KEYS = sorted({k for keys in INSTRUCTION_KEYS.values() for k in keys})
 
 
-def instruction_templates(task: "Task", overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """The generate stage's templates for ``task`` with ``overrides``; a key this task's
-    instructions do not use, or a placeholder its key may not use, is a one-line user error."""
+def instruction_templates(task: "Task", overrides: dict[str, str] | None = None,
+                          prompt_set: str = "paper") -> dict[str, str]:
+    """The generate stage's templates for ``task`` (its ``prompt_set``, e.g. the news reviews) with
+    ``overrides``; a key this task's instructions do not use, or a placeholder its key may not use,
+    is a one-line user error."""
     keys = _instruction_keys(task)
     for key in overrides or {}:
         if base_key(key) not in keys:
@@ -69,7 +72,7 @@ def instruction_templates(task: "Task", overrides: dict[str, str] | None = None)
         check_templates(overrides or {})
     except ValueError as e:
         raise HfaugError(f"adapt.templates: {e}") from None
-    return templates_for(task, overrides)
+    return templates_for(task, overrides, prompt_set)
 
 
 def _instruction_keys(task: "Task") -> tuple[str, ...]:
@@ -189,12 +192,12 @@ def _config_class():
 
 def instruction_pairs(dataset: "datasets.Dataset", task: "Task", templates: dict[str, str] | None = None,
                       *, domains: list[str] | None = None, max_rows: int | None = None,
-                      seed: int = 42) -> tuple["datasets.Dataset", Counter]:
+                      seed: int = 42, prompt_set: str = "paper") -> tuple["datasets.Dataset", Counter]:
     """Source rows as conversational prompt/completion pairs (TRL's prompt-completion format).
 
     Each prompt is the request the generate stage sends for the row's label
-    (:func:`hfaug.prompts.instruction`, with ``templates`` over the defaults and the sentiment
-    ``domains``), and the completion is the row's own text.
+    (:func:`hfaug.prompts.instruction`, with ``templates`` over the ``prompt_set``'s and the
+    sentiment ``domains``), and the completion is the row's own text.
 
     Returns (pairs, dropped): pairs has ``prompt`` (system + user messages), ``completion``
     (the assistant message: the source text, or the hypothesis for NLI), ``label`` and
@@ -206,7 +209,7 @@ def instruction_pairs(dataset: "datasets.Dataset", task: "Task", templates: dict
     import datasets
 
     schema.require_columns(dataset, [*task.text_columns, schema.LABEL], "adapt")
-    templates = instruction_templates(task, templates)
+    templates = instruction_templates(task, templates, prompt_set)
     names = [task.labels[i] for i in schema.label_ids(dataset, task, "adapt")]
     columns = {c: list(dataset[c]) for c in task.text_columns}
     ids = list(dataset[schema.ID]) if schema.ID in dataset.column_names else [None] * len(dataset)
@@ -284,11 +287,11 @@ def _loss_metrics(log_history: list[dict], train_output) -> dict[str, Any]:
 
 def adapt(source: "datasets.Dataset", config, task: "Task", out_dir: str | Path, *, seed: int = 42,
           resume: bool = True, templates: dict[str, str] | None = None,
-          domains: list[str] | None = None) -> AdaptResult:
+          domains: list[str] | None = None, prompt_set: str = "paper") -> AdaptResult:
     """Fine-tune ``config.model`` with a LoRA adapter on ``source`` turned into instruction pairs.
 
-    ``templates`` and ``domains`` are the generate stage's (its recipe section's); ``config.templates``
-    overrides them for training.
+    ``templates``, ``domains`` and ``prompt_set`` are the generate stage's (its recipe section's), so
+    the adapter trains on the requests it will answer; ``config.templates`` overrides them for training.
 
     ``config`` is an :class:`AdaptConfig`; its ``output_dir`` holds the Trainer checkpoints (a
     later call with ``resume`` continues from the last one). The adapter, its tokenizer and a model
@@ -305,7 +308,8 @@ def adapt(source: "datasets.Dataset", config, task: "Task", out_dir: str | Path,
     out_dir = Path(out_dir)
     seed = config.seed if config.seed is not None else seed
     pairs, dropped = instruction_pairs(source, task, training_templates(task, templates, config.templates),
-                                       domains=domains, max_rows=config.max_train_rows, seed=seed)
+                                       domains=domains, max_rows=config.max_train_rows, seed=seed,
+                                       prompt_set=prompt_set)
     if len(pairs) == 0:
         raise HfaugError("adapt: the source train data has no usable rows (every text is empty); check source.path")
 
@@ -362,89 +366,6 @@ def _last_checkpoint(output_dir: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# model card
-
-
-def model_card(*, base_model: str, task: "Task", lora: dict, metrics: dict, rows: int, data: str,
-               adapter_id: str = "<user>/<adapter-repo>", description: str = "") -> str:
-    """The adapter's README.md: what it is, how it was trained, and how to load and serve it."""
-    from .cards import PAPER_CITATION
-
-    targets = lora["target_modules"]
-    targets = targets if isinstance(targets, str) else ", ".join(targets)
-    loss = ""
-    if "loss_first" in metrics:
-        loss = (f"- training loss: {metrics['loss_first']:.4f} (step {metrics.get('loss_first_step', 1)}) -> "
-                f"{metrics['loss_last']:.4f} (step {metrics.get('loss_last_step', metrics.get('steps', '?'))})\n")
-    hub_base = base_model if not base_model.startswith(("hfaug://", "/", ".")) else None
-    front = ["---", "library_name: peft", "pipeline_tag: text-generation",
-             "tags: [hfaug, lora, sft, trl, synthetic-data-generation]"]
-    if hub_base:
-        front.append(f"base_model: {hub_base}")
-    front.append("---")
-    return "\n".join(front) + f"""
-
-# LoRA adapter: {task.name} data generator
-
-A LoRA adapter for `{base_model}` trained by hfaug (`hfaug adapt`) with TRL's
-`SFTTrainer`, so that the generator's outputs look like the user's labelled {task.name} data. It is
-the optional adaptation step of the pipeline following *Boosting Zero-Shot Crosslingual Performance
-using LLM-Based Augmentations with Effective Data Selection* (Fazili et al., Findings of ACL 2024).
-{description}
-
-## Training
-
-- base model: `{base_model}`
-- data: {rows} instruction/response pairs from {data}: each labelled row became a chat turn
-  asking for an example of its label (the generate stage's prompt) answered with the row's text
-  ({"the hypothesis of that relation to the premise" if task.is_pair else "the review"}); loss on the response only
-- LoRA: r={lora['r']}, alpha={lora['alpha']}, dropout={lora['dropout']}, target modules: {targets}
-- steps: {metrics.get('steps', '?')}
-{loss}
-## Use with peft
-
-```python
-from peft import AutoPeftModelForCausalLM
-from transformers import AutoTokenizer
-
-model = AutoPeftModelForCausalLM.from_pretrained("{adapter_id}")   # loads the base model too
-tokenizer = AutoTokenizer.from_pretrained("{adapter_id}")
-messages = [{{"role": "user", "content": "Write a single review of at most two short sentences indicating positive sentiment."}}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-print(tokenizer.decode(model.generate(inputs, max_new_tokens=64, do_sample=True)[0][inputs.shape[1]:]))
-```
-
-In hfaug, the generate stage's `transformers` backend loads the base model and this adapter.
-
-## Serve with Text Generation Inference
-
-TGI serves LoRA adapters next to the base model and picks one per request:
-
-```bash
-docker run --gpus all -p 8080:80 ghcr.io/huggingface/text-generation-inference:latest \\
-    --model-id {hub_base or '<base-model-id>'} --lora-adapters {adapter_id}
-# a local adapter folder: mount it and pass --lora-adapters name=/data/adapter
-```
-
-```python
-from huggingface_hub import InferenceClient
-
-client = InferenceClient("http://localhost:8080")
-client.text_generation(prompt, adapter_id="{adapter_id}", max_new_tokens=64)
-# raw HTTP: POST /generate {{"inputs": ..., "parameters": {{"adapter_id": "{adapter_id}"}}}}
-```
-
-Requests without `adapter_id` get the base model.
-
-## Citation
-
-```bibtex
-{PAPER_CITATION}
-```
-"""
-
-
-# ---------------------------------------------------------------------------------------------
 # stage
 
 
@@ -468,12 +389,13 @@ def run(ctx: StageContext) -> StageResult:
     args = _replace_dirs(config, work)
     generate = ctx.recipe.sections.get("generate")  # the requests the adapter will answer
     result = adapt(source, args, task, ctx.out_dir / ADAPTER, seed=ctx.seed,
-                   templates=generate.templates if generate else None, domains=generate.domains if generate else None)
+                   templates=generate.templates if generate else None, domains=generate.domains if generate else None,
+                   prompt_set=generate.prompt_set(task) if generate else "paper")
     lora = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
             "target_modules": config.lora_target_modules}
     data = f"the source data ({ctx.recipe.source.path})" if ctx.recipe.has("source") else "the source data"
-    card = model_card(base_model=config.model, task=task, lora=lora, metrics=result.metrics, rows=len(result.pairs),
-                      data=data, description=ctx.recipe.run.description)
+    card = adapter_card(base_model=config.model, task=task, lora=lora, metrics=result.metrics, rows=len(result.pairs),
+                        data=data, description=ctx.recipe.run.description)
     if result.adapter_dir.is_dir():  # under `accelerate launch` only the main process saves
         (result.adapter_dir / "README.md").write_text(card, encoding="utf-8")
     write_json_atomic(ctx.out_dir / ADAPT_JSON, {

@@ -231,8 +231,7 @@ def _dispatch(args, extra: list[str]) -> int:
         return 0
 
     if args.command == "reproduce":
-        from .pipeline import summary
-        from .publish import reproduce
+        from .pipeline import reproduce, summary
 
         if extra:
             raise HfaugError(f"reproduce takes no recipe overrides, got {' '.join(extra)}")

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from .errors import HfaugError, did_you_mean
+from .extras import missing
 from .tasks import TaskSpec  # noqa: F401  (RunConfig.task's type hint)
 
 #: section name -> "module:ConfigClass". Stages import nothing from each other; this map and
@@ -144,7 +145,7 @@ def import_entry(entry: str, stage: str):
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("hfaug"):
             raise HfaugError(f"stage '{stage}' is not available in this version of hfaug") from None
-        raise
+        raise missing(f"stage '{stage}'", e) from None
     return getattr(module, attribute)
 
 

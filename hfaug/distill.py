@@ -14,6 +14,7 @@ Input columns: gold rows: text (or premise + hypothesis), label; synthetic rows:
 Output folder (no dataset)::
 
     students/<subset>/    model + tokenizer (id2label = the task's labels), README.md (model card),
+                          card.json (the card's data, rendered again by publish-model with the repo id),
                           metrics.json (dev accuracy, per-language test metrics, training details)
 
 Pieces usable on their own: :func:`distill_loss` (the pure loss), :class:`SoftLabelTrainer`
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import schema
+from .atomic import atomic_folder, write_text
+from .cards import CARD_DATA, ModelCardData, model_card
 from .config import lazy_attributes
 from .errors import HfaugError, did_you_mean
 from .grid import BASELINE as BASELINE_NAME
@@ -620,52 +623,42 @@ def _training_parameters(config) -> dict[str, Any]:
     return out
 
 
-def _card(ctx: StageContext, subset: dict, metrics: dict, note: str | None, gold_desc: str,
-          grid: dict | None = None, name: str | None = None) -> str:
-    from .cards import render
-
+def _card_data(ctx: StageContext, subset: dict, metrics: dict, note: str | None, gold_desc: str,
+               grid: dict | None = None, name: str | None = None) -> ModelCardData:
+    """What the student's card says, as far as this stage knows it (no repo id, tag or ONNX yet)."""
     config = ctx.config
     source = ctx.recipe.sections.get("source")
     published = _published(ctx)
     datasets_used = [{
         "name": "source (gold)", "path": getattr(source, "path", None), "revision": getattr(source, "revision", None),
-        "description": gold_desc,
+        "description": gold_desc, "synthetic": False,
     }]
-    datasets_used.append({} if subset["name"] == BASELINE_NAME else {
-        "name": f"{subset['name']} (synthetic, teacher soft labels)",
-        "path": published.get("repo_id") or published.get("repo") or f"{ctx.run.root}/select/{subset['name']}",
-        "revision": published.get("tag") or published.get("revision") or published.get("commit"),
-        "description": f"select output '{subset['name']}'",
-    })
-    datasets_used = [d for d in datasets_used if d]  # the source-only baseline has no synthetic rows
-    base = config.model
-
-    def is_hub_id(ref) -> bool:
-        return isinstance(ref, str) and ref.count("/") == 1 and not ref.startswith(("hfaug:", ".", "/")) \
-            and not Path(ref).exists()
-
-    return render(
-        "model_card.md",
-        model_name=f"{ctx.recipe.run.name}-{name or subset['name']}",
-        base_model=base,
-        base_model_is_hub=is_hub_id(base),
-        hub_datasets=[d["path"] for d in datasets_used if is_hub_id(d["path"])],
+    if subset["name"] != BASELINE_NAME:  # the source-only baseline has no synthetic rows
+        datasets_used.append({
+            "name": f"{subset['name']} (synthetic, teacher soft labels)",
+            "path": published.get("repo_id") or published.get("repo") or f"{ctx.run.root}/select/{subset['name']}",
+            "revision": published.get("tag") or published.get("revision") or published.get("commit"),
+            "description": f"select output '{subset['name']}'", "synthetic": True,
+        })
+    return ModelCardData(
+        name=name or subset["name"],
+        title=f"{ctx.recipe.run.name}-{name or subset['name']}",
+        base_model=config.model,
         task=ctx.task.name,
         labels=list(ctx.task.labels),
         languages=sorted({*(subset["lang"] or "").replace(" ", "").split(","), "en",
                           *(k.split(":")[0] for k in metrics.get("test", {}))} - {""}),
         datasets=datasets_used,
-        subset=subset,
+        subset=None if subset["name"] == BASELINE_NAME else subset["name"],
         strategy=subset.get("strategy"),
         budget=subset.get("budget_per_class"),
-        metrics=metrics,
         dev_accuracy=metrics.get("dev_accuracy"),
         test_metrics=metrics.get("test", {}),
         metrics_note=note,
         training={"setting": ctx.recipe.setting, **_training_parameters(config)},
         seed=metrics.get("seed"),
         description=ctx.recipe.run.description,
-        **({"grid": grid} if grid else {}),
+        grid=grid,
     )
 
 
@@ -730,11 +723,8 @@ def _train(ctx: StageContext, student: "Student", gold_train, gold_dev, syntheti
         # the last finished stage has this very student (a grid that grew by a seed or a subset):
         # linked, not copied, and not moved, so that stage's folder stays whole until it is replaced
         logger.info("distill: student '%s' unchanged since the last run, reused", student.name)
-        aside = work / f".student.tmp-{os.getpid()}"
-        shutil.rmtree(aside, ignore_errors=True)
-        shutil.copytree(previous, aside, copy_function=_link_or_copy)
-        shutil.rmtree(student_dir, ignore_errors=True)
-        os.replace(aside, student_dir)
+        with atomic_folder(student_dir) as aside:
+            shutil.copytree(previous, aside, copy_function=_link_or_copy, dirs_exist_ok=True)
         trained = {k: v for k, v in saved.items() if k not in _EVALUATED}
         write_json_atomic(work / _DONE, trained)
         return student_dir, trained, False
@@ -743,15 +733,10 @@ def _train(ctx: StageContext, student: "Student", gold_train, gold_dev, syntheti
     args = dataclasses.replace(ctx.config, output_dir=str(work / "checkpoints"), logging_dir=str(work / "logs"),
                                seed=student.seed)
     result = distill(gold_train, synthetic, args, ctx.task, dev=gold_dev, seed=student.seed)
-    aside = work / f".student.tmp-{os.getpid()}"
-    shutil.rmtree(aside, ignore_errors=True)
-    result.save(aside)
-    if not (work / _DONE).is_file():  # else another process (a rank of accelerate launch) finished it first
-        shutil.rmtree(student_dir, ignore_errors=True)  # a killed attempt's leftovers (no done.json)
-    try:
-        os.replace(aside, student_dir)
-    except OSError:  # the same student, saved by another process a moment ago: the same weights
-        shutil.rmtree(aside, ignore_errors=True)
+    # a student folder without done.json is a killed attempt's leftovers: replaced; with it, another
+    # process (a rank of accelerate launch) saved the same weights a moment ago: kept
+    with atomic_folder(student_dir, replace=not (work / _DONE).is_file()) as aside:
+        result.save(aside)
     write_json_atomic(work / _DONE, result.metrics)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)  # the best is saved; free the disk
     return student_dir, result.metrics, True
@@ -764,13 +749,6 @@ def _link_or_copy(source: str, target: str) -> str:
     except OSError:
         shutil.copy2(source, target)
     return target
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Through a new file: ``path`` may be a hard link into the previous stage folder."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def train_shard(run, index: int, count: int) -> str:
@@ -888,9 +866,12 @@ def run(ctx: StageContext) -> StageResult:
         write_json_atomic(student_dir / METRICS_JSON, saved[name])
         grid = {"figures": [f"figures/{f.name}" for f in figures], "students": len(students),
                 "seed": saved[name].get("seed"), "table": R.markdown(rows)} if is_grid else None
-        _write_text(student_dir / "README.md",
-                    _card(ctx, infos[name], saved[name], saved[name].get("note"), gold_descs[name], grid=grid,
-                          name=name))
+        card = _card_data(ctx, infos[name], saved[name], saved[name].get("note"), gold_descs[name], grid=grid,
+                          name=name)
+        # publish-model renders the card again from card.json once the repo id and the tag are known;
+        # through new files: README.md may be a hard link into the previous stage folder
+        write_text(student_dir / CARD_DATA, card.to_json())
+        write_text(student_dir / "README.md", model_card(card))
 
     # moved only once every student is trained, so a killed stage keeps them all in the cache
     for name, student_dir in finished.items():

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from .cards import write_onnx_card
 from .errors import HfaugError, did_you_mean
+from .extras import missing
 from .runs import StageContext, StageResult
 from .space_info import student_info, write_info
 
@@ -34,8 +36,6 @@ logger = logging.getLogger(__name__)
 ONNX_DIR = "onnx"  # fp32 exports, one folder per student
 INT8_DIR = "int8"  # dynamically quantised exports
 STUDENTS_DIR = "students"  # where distill writes its students
-CARD = "README.md"
-INSTALL_HINT = "install the export extra: pip install 'hfaug[export]'"
 
 
 @dataclass
@@ -90,7 +90,7 @@ def export_onnx(student: str | Path, out_dir: str | Path, opset: int | None = No
     try:
         from optimum.exporters.onnx import main_export
     except ImportError as e:
-        raise HfaugError(f"export needs optimum-onnx ({e}); {INSTALL_HINT}") from None
+        raise missing("export", e, prefer="export") from None
     out_dir = Path(out_dir)
     try:
         # our own parity check below is stricter than Optimum's validation, and runs once
@@ -108,7 +108,7 @@ def quantize_onnx(onnx_dir: str | Path, out_dir: str | Path, quantization: str =
         from optimum.onnxruntime import ORTQuantizer
         from optimum.onnxruntime.configuration import AutoQuantizationConfig
     except ImportError as e:
-        raise HfaugError(f"quantisation needs optimum-onnx[onnxruntime] ({e}); {INSTALL_HINT}") from None
+        raise missing("quantisation", e, prefer="export") from None
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     preset = getattr(AutoQuantizationConfig, quantization)
     qconfig = preset(is_static=False, per_channel=per_channel)
@@ -200,7 +200,7 @@ def export(student: str | Path, out_dir: str | Path, config: ExportConfig | None
         logger.info("export %s %s: agreement %.2f%%, max prob diff %.2g on %d rows", name, variant,
                     100 * figures[variant]["agreement"], figures[variant]["max_prob_diff"], len(texts))
     for variant, folder in variants.items():
-        write_card(student, folder, name=name, variant=variant, figures=figures, config=config,
+        write_onnx_card(student, folder, name=name, variant=variant, figures=figures, config=config,
                    rows_from=rows_from, passed=not failures)
     if failures:
         raise ParityError(f"export: student '{name}' fails the parity gate on {len(texts)} {rows_from}: "
@@ -251,71 +251,6 @@ def gate_hint(failed: dict[str, float | None], figures: dict, config: ExportConf
         fixes.append("export.quantize: false (serve the fp32 model only)")
         hints.append("int8: " + ", or ".join(fixes))
     return "; ".join(hints)
-
-
-# ---------------------------------------------------------------------------------------------
-# the model card
-
-
-def write_card(student: Path, folder: Path, *, name: str, variant: str, figures: dict, config: ExportConfig,
-               rows_from: str, passed: bool) -> Path:
-    """The student's card with an ONNX section (format, parity figures, usage) appended."""
-    from .predict import read_labels
-
-    source = Path(student) / CARD
-    text = source.read_text(encoding="utf-8") if source.is_file() else f"# {name}\n"
-    text = _add_tags(text, ["onnx"] + (["int8"] if variant == "int8" else []))
-    what = ("dynamically quantised to int8 with ONNX Runtime "
-            f"(`{config.quantization}` preset, per-channel {str(config.per_channel).lower()})"
-            if variant == "int8" else "exported to ONNX (fp32) with Optimum")
-    rows = "\n".join(
-        f"| {v} | {f['agreement']:.2%} | {f['disagreements']} / {f['rows']} | {f['max_prob_diff']:.2e} | "
-        f"{f['mean_prob_diff']:.2e} |" for v, f in figures.items())
-    int8_limit = f", int8 max prob diff <= {config.int8_max_prob_diff:g}" if config.int8_max_prob_diff is not None else ""
-    section = f"""
-
-## ONNX export
-
-This folder holds the student **{name}** {what}: `model.onnx` with its `config.json` and tokenizer.
-
-Parity with the PyTorch student on {figures[variant]['rows']} {rows_from}, batched and padded identically:
-
-| model | label agreement | rows that differ | max prob diff | mean prob diff |
-|---|---|---|---|---|
-{rows}
-
-Gate: label agreement >= {config.min_agreement:.0%}, fp32 max prob diff <= {config.max_prob_diff:g}{int8_limit}: **{"passed" if passed else "FAILED"}**.
-
-```python
-from hfaug.predict import OnnxClassifier  # onnxruntime + tokenizer, no torch
-
-clf = OnnxClassifier("{folder.name}")
-clf.predict_proba(["..."])  # columns: {", ".join(read_labels(folder))}
-```
-"""
-    path = Path(folder) / CARD
-    path.write_text(text.rstrip("\n") + section, encoding="utf-8")
-    return path
-
-
-def _add_tags(card: str, tags: list[str]) -> str:
-    """Add ``tags`` to the card's YAML front matter (creating it), so the Hub lists the model as ONNX."""
-    import yaml
-
-    meta, body = {}, card
-    if card.startswith("---\n"):
-        end = card.find("\n---", 4)
-        if end != -1:
-            try:
-                meta = yaml.safe_load(card[4:end]) or {}
-                body = card[end + 4:].lstrip("\n")
-            except yaml.YAMLError:
-                meta, body = {}, card
-    if not isinstance(meta, dict):
-        meta, body = {}, card
-    existing = meta.get("tags") or []
-    meta["tags"] = list(existing) + [t for t in tags if t not in existing]
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body
 
 
 # ---------------------------------------------------------------------------------------------

@@ -131,28 +131,11 @@ def _gold_rows(recipe: "Recipe", run: "Run | None") -> int | None:
             return max(sum(1 for line in f if line.strip()) - (local.suffix != ".jsonl"), 0)
     if local is not None and local.exists():
         return None
-    return _hub_split_rows(recipe.sections["source"])
+    from .hub import split_rows
 
-
-def _hub_split_rows(spec) -> int | None:
-    """Rows of a Hub dataset's split from its card metadata (one request, no data downloaded, no
-    retries: a dry run must answer at once); None when the Hub cannot be reached or the card does
-    not say."""
-    try:
-        from huggingface_hub import HfApi
-
-        info = HfApi().dataset_info(spec.path, revision=getattr(spec, "revision", None), timeout=5)
-    except Exception:  # offline, gated, unknown: the estimate says the gold rows are unknown
-        return None
-    configs = (info.card_data.to_dict() if info.card_data else {}).get("dataset_info") or []
-    configs = [configs] if isinstance(configs, dict) else configs
-    name, split = getattr(spec, "name", None), getattr(spec, "split", None) or "train"
-    for config in configs:
-        if name in (None, config.get("config_name", "default")) or len(configs) == 1:
-            for entry in config.get("splits") or []:
-                if entry.get("name") == split and entry.get("num_examples"):
-                    return int(entry["num_examples"])
-    return None
+    spec = recipe.sections["source"]
+    return split_rows(spec.path, getattr(spec, "revision", None), getattr(spec, "name", None),
+                      getattr(spec, "split", None) or "train")
 
 
 def _synthetic_rows(name: str, recipe: "Recipe", run: "Run | None", num_labels: int) -> int:

@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 DOMINANT_SHARE = 0.9
 #: fewer labelled candidates than this are too few to judge the label spread
 MIN_ROWS = 20
-MODES = ("warn", "stop", "off")
 
 
 class HealthError(HfaugError):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import schema
 from .errors import HfaugError
+from .extras import missing
 
 if TYPE_CHECKING:
     import datasets
@@ -124,9 +125,8 @@ def load_classifier(path, **kw):
     if folder.is_dir() and (folder / "model.onnx").is_file():
         try:
             from .predict import OnnxClassifier
-        except ModuleNotFoundError as e:
-            raise HfaugError(f"'{path}' is an ONNX model but ONNX inference is unavailable: {e}; "
-                             "install it with pip install 'hfaug[export]'") from None
+        except ImportError as e:
+            raise missing(f"'{path}' is an ONNX model; ONNX inference", e, prefer="export") from None
         return OnnxClassifier(str(folder), **kw)
     return TorchClassifier(path, **kw)
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import schema
+from .atomic import save_npy
 from .errors import HfaugError
 from .runs import StageContext, StageResult, stable_hash
 
@@ -146,9 +146,7 @@ def score_rows(model_path: str, texts: list[str], pairs: list[str] | None, ids: 
         probs = predict_proba_distributed(classifier, texts[start:end], pairs[start:end] if pairs else None)
         probs = reorder_to_task(probs, classifier.labels, task).astype(np.float32)
         if cached is not None and state.is_main_process:
-            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp.npy")
-            np.save(tmp, probs)
-            os.replace(tmp, cached)
+            save_npy(cached, probs)
         parts.append(probs)
     state.wait_for_everyone()
     if not parts:

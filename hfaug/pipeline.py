@@ -8,6 +8,7 @@ its recipe section is present; ``source`` is always there.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("source", "source", "hfaug.source:run", (), "load the labelled source data (train/dev)"),
     Stage("adapt", "adapt", "hfaug.adapt:run", ("source",),
           "LoRA-fine-tune the generator LLM on the source data (optional)",
-          reads=("generate.templates", "generate.domains")),  # it trains on generate's requests
+          reads=("generate.templates", "generate.domains", "generate.prompts")),  # it trains on generate's requests
     Stage("generate", "generate", "hfaug.generate:run", ("source", "adapt"),
           "LLM-written English candidates, cleaned"),
     Stage("translate-source", "translate", "hfaug.translate:run_source", ("source",),
@@ -185,6 +186,41 @@ def _run_all(run: Run, recipe: Recipe, force: str | None) -> None:
         start = time.perf_counter()
         manifest, skipped = run_stage(run, stage.name, force=forcing)
         run.report.append((stage.name, "skipped" if skipped else "ran", manifest, time.perf_counter() - start))
+
+
+def reproduce(repo: str, revision: str = "main", output_dir: str | Path | None = None):
+    """Download a published dataset's recipe.yaml (repo id or local layout) and rerun it in a clean folder.
+
+    The publish section is kept but made local, so a reproduction never pushes and its
+    ``<output_dir>/<name>/publish/hub-layout`` can be compared with the published copy. Returns the :class:`~hfaug.runs.Run`.
+    """
+    import yaml
+
+    from .config import load_recipe
+    from .hub import RECIPE_FILE, download_recipe
+
+    if Path(repo).is_dir():
+        path = Path(repo) / RECIPE_FILE
+        if not path.is_file():
+            raise HfaugError(f"reproduce: {repo} has no {RECIPE_FILE}; is it a folder written by hfaug publish?")
+    else:
+        path = Path(download_recipe(repo, revision))
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise HfaugError(f"reproduce: {RECIPE_FILE} of {repo}@{revision} is not a recipe mapping")
+    if not any(section in data for section in ("label", "select")):
+        data.pop("publish", None)  # nothing of this recipe's own would be published
+    elif isinstance(data.get("publish"), dict):
+        # rebuild the published layout locally (to compare with the Hub copy); never push again
+        data["publish"] = {**data["publish"], "repo_id": None, "local_dir": None, "tag": None}
+    safe = re.sub(r"[^\w.\-]+", "-", f"{repo}-{revision}").strip("-")
+    out = Path(output_dir) if output_dir else Path("reproduce") / safe
+    if out.exists() and any(out.iterdir()):
+        raise HfaugError(f"reproduce: {out} is not empty; give a clean --output-dir")
+    data["output_dir"] = str(out)
+    recipe = load_recipe(data)
+    logger.info("reproduce: rerunning %s@%s in %s", repo, revision, out)
+    return run_pipeline(recipe, root=out / recipe.run.name)
 
 
 def summary(run: Run, report: list | None = None) -> str:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .extras import install_hint
+
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
@@ -79,7 +81,7 @@ class OnnxClassifier:
             from transformers import AutoTokenizer
         except ImportError as e:
             raise ImportError(f"ONNX inference needs onnxruntime and transformers ({e}); "
-                              "pip install 'hfaug[export]'") from e
+                              f"{install_hint(e.name or 'onnxruntime', prefer='export')}") from e
 
         self.path = Path(path)
         model_file = self.path / ONNX_FILE if self.path.is_dir() else self.path

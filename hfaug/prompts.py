@@ -62,9 +62,6 @@ SENTIMENT_TEMPLATES: dict[str, str] = {
     ),
 }
 
-#: the stricter neutral variant of the authors' code (neutral is scarce after labelling)
-STRICT_NEUTRAL = SENTIMENT_TEMPLATES["neutral@strict"]
-
 #: the paper's second sentiment variant: reviews of news (generate.prompts: news)
 NEWS_TEMPLATES: dict[str, str] = {
     "system": (
@@ -77,8 +74,6 @@ NEWS_TEMPLATES: dict[str, str] = {
        for label, what in (("positive", "a positive"), ("negative", "a negative"),
                            ("neutral", "neither negative nor positive"))},
 }
-NEWS_DOMAINS = ["politics", "sports", "food", "entertainment", "education", "lifestyle", "travel", "fashion",
-                "agriculture"]
 
 _HYPOTHESIS_TAIL = ("Please ensure the generations are grammatically correct. Please only share the generation "
                     "without any additional content before or after.")

@@ -20,7 +20,8 @@ under one tag on every repo, resumable after a failure. Hub failures raise
 :class:`~hfaug.errors.HubError` (exit code 3), never the bad-recipe code 2.
 
 Configs: one per selected dataset (``hi-divk-2500``, ``hi-all``, ...), ``en-candidates`` (the
-English generations with teacher soft labels) and ``source-translated`` (the translated source
+English generations with teacher soft labels; ``translated-candidates`` in translated-teacher, where
+the teacher labels the translations) and ``source-translated`` (the translated source
 data, splits train/validation, with a ``lang`` column).
 
 Input columns: the contract columns of each dataset (at least id, task, the task's text columns,
@@ -36,17 +37,28 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-import os
 import re
 import shutil
-import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import schema
+from .atomic import atomic_folder, write_json
+from .cards import (
+    CARD_DATA,
+    INT8_FILE,
+    ONNX_SUBFOLDER,
+    README,
+    ModelCardData,
+    OnnxExport,
+    dataset_card,
+    hub_lang,
+    model_card,
+    release_section,
+)
 from .errors import HfaugError, HubError
+from .hub import RECIPE_FILE, HubRepo, hub_endpoint, hub_token, known_secrets, next_tag, redact
 from .runs import StageContext, StageResult
 from .space_info import student_info, write_info
 
@@ -58,18 +70,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CANDIDATES_CONFIG = "en-candidates"
+#: translated-teacher labels the translations, so its candidates are not English
+TRANSLATED_CANDIDATES_CONFIG = "translated-candidates"
+
+
+def candidates_config(setting: str) -> str:
+    """The config name of the teacher-labelled candidates in ``setting``."""
+    return TRANSLATED_CANDIDATES_CONFIG if setting == "translated-teacher" else CANDIDATES_CONFIG
 SOURCE_CONFIG = "source-translated"
-RECIPE_FILE = "recipe.yaml"
 SCRIPT_FILE = "reproduce.py"
 LAYOUT_DIR = "hub-layout"
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # parquet shards stay well under the Hub's recommended file size
 REPO_ID_RE = re.compile(r"^[\w.\-]{1,96}/[\w.\-]{1,96}$")
 TAG_RE = re.compile(r"^[\w.\-]{1,64}$")
 CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
-#: recipe keys whose values are never written anywhere (an API key slipped into a recipe)
-SECRET_KEY_RE = re.compile(
-    r"(^|_)(token|secret|password|passwd|api_?key|auth|authorization|credentials?)($|_)", re.I)
-TASK_IDS = {"sentiment": "sentiment-classification", "nli": "natural-language-inference"}
 SPLIT_NAMES = {"train": "train", "dev": "validation", "validation": "validation", "test": "test"}
 
 
@@ -92,7 +106,8 @@ class PublishConfig:
     configs: list[str] | None = field(default=None, metadata={
         "help": "Select datasets to publish (fnmatch patterns, e.g. 'hi-*'). None: all of them."})
     candidates: bool = field(default=True, metadata={
-        "help": f"Publish the labelled English generations as config '{CANDIDATES_CONFIG}'."})
+        "help": f"Publish the teacher-labelled generations as config '{CANDIDATES_CONFIG}' "
+                f"('{TRANSLATED_CANDIDATES_CONFIG}' in translated-teacher, where the teacher labels the translations)."})
     source_translated: bool = field(default=True, metadata={
         "help": f"Publish the translated source data as config '{SOURCE_CONFIG}'."})
     models: bool = field(default=True, metadata={
@@ -120,60 +135,12 @@ class PublishConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# tokens, endpoints, secrets
-
-
-def hub_token() -> str | None:
-    """The token from HF_TOKEN or the login cache (``huggingface-cli login``); never from a recipe."""
-    from huggingface_hub import get_token
-
-    return get_token()
-
-
-def hub_endpoint() -> str:
-    """HF_ENDPOINT at call time (a self-hosted or enterprise Hub), else the client's default."""
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def redact(data: Any, secrets: tuple[str, ...] = ()) -> Any:
-    """A copy of plain data with secret-looking keys blanked and known secret strings removed."""
-    if isinstance(data, dict):
-        return {k: ("<redacted>" if isinstance(k, str) and SECRET_KEY_RE.search(k) and v else redact(v, secrets))
-                for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [redact(v, secrets) for v in data]
-    if isinstance(data, str):
-        for secret in secrets:
-            if secret:
-                data = data.replace(secret, "<redacted>")
-    return data
-
-
-def _secrets(recipe: Any = None) -> tuple[str, ...]:
-    """The token, and the values of the recipe's secret-looking keys (to blank wherever they recur)."""
-    token = hub_token()
-    found = [token] if token else []
-
-    def walk(data: Any) -> None:
-        if isinstance(data, dict):
-            for k, v in data.items():
-                if isinstance(k, str) and SECRET_KEY_RE.search(k) and isinstance(v, str) and len(v) >= 4:
-                    found.append(v)
-                else:
-                    walk(v)
-        elif isinstance(data, (list, tuple)):
-            for v in data:
-                walk(v)
-
-    walk(getattr(recipe, "raw", None))
-    return tuple(sorted(set(found), key=len, reverse=True))  # longest first: no partial leftovers
+# secrets
 
 
 def scrub(text: str, ctx: StageContext) -> str:
     """Free text (cards, commit messages) with every secret blanked, as recipe.yaml has it."""
-    return redact(text, _secrets(ctx.recipe))
+    return redact(text, known_secrets(ctx.recipe))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +158,8 @@ def collect(ctx: StageContext) -> dict[str, dict[str, "datasets.Dataset"]]:
         for name in run.outputs("select"):
             if config.configs and not any(fnmatch.fnmatch(name, p) for p in config.configs):
                 continue
-            if name in (CANDIDATES_CONFIG, SOURCE_CONFIG) or not CONFIG_NAME_RE.match(name):
+            if name in (CANDIDATES_CONFIG, TRANSLATED_CANDIDATES_CONFIG, SOURCE_CONFIG) or \
+                    not CONFIG_NAME_RE.match(name):
                 raise HfaugError(f"publish: select dataset '{name}' cannot be a config name "
                                  f"(reserved or invalid); rename it in the select section")
             if not rows_out.get(name):
@@ -200,7 +168,7 @@ def collect(ctx: StageContext) -> dict[str, dict[str, "datasets.Dataset"]]:
                 continue
             out[name] = {"train": _typed(run.load("select", name), task, f"select/{name}")}
     if config.candidates and run.manifest("label") is not None:
-        out[CANDIDATES_CONFIG] = {"train": _typed(run.load("label"), task, "label/data")}
+        out[candidates_config(ctx.recipe.setting)] = {"train": _typed(run.load("label"), task, "label/data")}
     # a run stated as english-teacher translates nothing: an older run's translations are not its data
     if config.source_translated and run.manifest("translate-source") is not None and \
             ctx.recipe.run.setting != "english-teacher":
@@ -254,52 +222,6 @@ def write_data(configs: dict[str, dict[str, "datasets.Dataset"]], folder: Path) 
     return files
 
 
-#: the Hub's size_categories, with the row count each one ends below
-SIZE_CATEGORIES = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
-                   (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B"), (10**10, "1B<n<10B"),
-                   (10**11, "10B<n<100B"), (10**12, "100B<n<1T")]
-
-
-def size_category(rows: int) -> str:
-    """The Hub's size category of a dataset with ``rows`` rows."""
-    return next((c for limit, c in SIZE_CATEGORIES if rows < limit), "n>1T")
-
-
-def card_metadata(configs: dict[str, dict[str, "datasets.Dataset"]], files: dict[str, dict[str, list[str]]],
-                  task: "Task", languages: list[str], license: str, pretty_name: str) -> str:
-    """The card's YAML: configs with data_files, dataset_info with features and splits, tags."""
-    import datasets
-    from datasets.info import DatasetInfosDict
-    from huggingface_hub import DatasetCardData
-
-    total = sum(len(ds) for splits in configs.values() for ds in splits.values())
-    size = size_category(total)
-    card = DatasetCardData(
-        language=languages, license=license, pretty_name=pretty_name,
-        task_categories=["text-classification"], task_ids=[TASK_IDS[task.preset]] if task.preset in TASK_IDS else None,
-        size_categories=[size], tags=["hfaug", "synthetic", "llm-generated", "cross-lingual", "data-selection"],
-        # no default config: load_dataset(repo) alone lists the choices rather than silently picking one subset
-        configs=[{"config_name": name,
-                  "data_files": [{"split": split, "path": f"data/{name}/{split}-*.parquet"}
-                                 for split in files[name]]}
-                 for name in configs],
-    )
-    infos = DatasetInfosDict()
-    for name, splits in configs.items():
-        first = next(iter(splits.values()))
-        split_dict = datasets.SplitDict()
-        for split, ds in splits.items():
-            split_dict.add(datasets.SplitInfo(name=split, num_bytes=ds.data.nbytes, num_examples=len(ds)))
-        infos[name] = datasets.DatasetInfo(features=first.features, splits=split_dict, config_name=name,
-                                           dataset_size=sum(ds.data.nbytes for ds in splits.values()))
-    infos.to_dataset_card_data(card)
-    return card.to_yaml()
-
-
-def _label_counts(ds: "datasets.Dataset", task: "Task") -> dict[str, int]:
-    counts = Counter(ds[schema.LABEL]) if len(ds) else Counter()
-    return {name: counts.get(i, 0) for i, name in enumerate(task.labels)}
-
 
 def _section(ctx: StageContext, name: str, stages: tuple[str, ...] = ()) -> dict:
     """A stage's resolved config, secrets blanked: from the manifest of the run that made the
@@ -309,9 +231,9 @@ def _section(ctx: StageContext, name: str, stages: tuple[str, ...] = ()) -> dict
     for stage in stages or (name,):
         manifest = ctx.run.manifest(stage)
         if manifest and isinstance(manifest.get("config"), dict):
-            return redact(manifest["config"], _secrets())
+            return redact(manifest["config"], known_secrets())
     config = ctx.recipe.sections.get(name)
-    return redact(to_dict(config), _secrets()) if config is not None else {}
+    return redact(to_dict(config), known_secrets()) if config is not None else {}
 
 
 def _pick(data: dict, *keys: str) -> Any:
@@ -335,7 +257,7 @@ _NOT_APPLIED = {"tgi": ("no_repeat_ngram_size",), "openai": ("no_repeat_ngram_si
 
 def provenance(ctx: StageContext, configs: dict[str, dict[str, "datasets.Dataset"]]) -> dict[str, Any]:
     """Who made the data: generator and its sampling, MT model, teacher, selection (for the card)."""
-    secrets = _secrets()
+    secrets = known_secrets()
     gen_config = _section(ctx, "generate")
     gen_model = _pick(gen_config, "model", "model_id", "model_name", "generator")
     sampling = {}
@@ -350,7 +272,7 @@ def provenance(ctx: StageContext, configs: dict[str, dict[str, "datasets.Dataset
     for key in _NOT_APPLIED.get(backend, ()):
         if key in sampling:  # never listed as used: the server has no such parameter
             sampling[key] = f"{sampling[key]} (not applied: the {backend} backend has no such parameter)"
-    candidates = configs.get(CANDIDATES_CONFIG, {}).get("train")
+    candidates = configs.get(candidates_config(ctx.recipe.setting), {}).get("train")
     if candidates is not None and len(candidates):
         if gen_model is None and schema.GEN_MODEL in candidates.column_names:
             gen_model = ", ".join(sorted(set(candidates[schema.GEN_MODEL]))[:3])
@@ -369,51 +291,6 @@ def provenance(ctx: StageContext, configs: dict[str, dict[str, "datasets.Dataset
         "seed": ctx.seed,
         "setting": ctx.recipe.setting,
     }
-
-
-def dataset_card(configs: dict[str, dict[str, "datasets.Dataset"]], files: dict[str, dict[str, list[str]]],
-                 task: "Task", *, license: str, pretty_name: str, description: str = "",
-                 provenance: dict | None = None, figures: list[str] = (), repo_id: str | None = None,
-                 revision: str | None = None, local_path: str | None = None, recipe: bool = True) -> str:
-    """Render model_cards/dataset_card.md for these configs (rows per config, split and label)."""
-    from . import __version__
-    from .cards import render
-
-    langs = set()
-    for splits in configs.values():
-        for ds in splits.values():
-            if schema.LANG in ds.column_names and len(ds):
-                langs.update(ds.unique(schema.LANG))
-    languages = sorted({_hub_lang(lang) for lang in langs} | {"en"})
-    rows = []
-    for name, splits in configs.items():
-        for split, ds in splits.items():
-            strategies = sorted(ds.unique(schema.STRATEGY)) if schema.STRATEGY in ds.column_names and len(ds) else []
-            row_langs = sorted(ds.unique(schema.LANG)) if schema.LANG in ds.column_names and len(ds) else []
-            rows.append({"config": name, "split": split, "rows": len(ds), "labels": _label_counts(ds, task),
-                         "strategy": ", ".join(strategies), "languages": ", ".join(row_langs)})
-    where = repo_id or local_path or "."
-    load_lines = []
-    for name in configs:
-        args = [repr(where), repr(name)]
-        if repo_id and revision:
-            args.append(f"revision={revision!r}")
-        load_lines.append(f"load_dataset({', '.join(args)})")
-    return render(
-        "dataset_card.md",
-        metadata=card_metadata(configs, files, task, languages, license, pretty_name).strip(),
-        pretty_name=pretty_name, description=description, task=task.name, task_description=task.description,
-        labels=list(task.labels), languages=languages, rows=rows, configs=list(configs),
-        provenance=provenance or {"generator": {"model": None, "sampling": {}}, "mt_model": None,
-                                  "teacher": None, "selection": {}, "seed": None},
-        figures=list(figures), license=license, repo_id=repo_id, revision=revision, load_lines=load_lines,
-        recipe_file=RECIPE_FILE if recipe else None, script_file=SCRIPT_FILE, hfaug_version=__version__,
-    )
-
-
-def _hub_lang(code: str) -> str:
-    """FLORES-style codes (hin_Deva) to the ISO 639 part the Hub's language field takes."""
-    return code.split("_")[0].split("-")[0].lower()
 
 
 def reproduce_script() -> str:
@@ -449,7 +326,8 @@ def build_layout(ctx: StageContext, folder: Path, *, repo_id: str | None, tag: s
     local_path = str(config.local_dir or ctx.run.stage_dir(ctx.stage) / LAYOUT_DIR)
     card = dataset_card(configs, files, ctx.task, license=config.license, pretty_name=pretty,
                         description=ctx.recipe.run.description, provenance=provenance(ctx, configs),
-                        figures=figures, repo_id=repo_id, revision=tag, local_path=None if repo_id else local_path)
+                        figures=figures, repo_id=repo_id, revision=tag, local_path=None if repo_id else local_path,
+                        recipe_file=RECIPE_FILE, script_file=SCRIPT_FILE)
     (folder / "README.md").write_text(scrub(card, ctx), encoding="utf-8")
     return {name: {split: len(ds) for split, ds in splits.items()} for name, splits in configs.items()}
 
@@ -458,7 +336,7 @@ def recipe_yaml(ctx: StageContext) -> str:
     """The resolved recipe as uploaded: secret-looking keys blanked, the token nowhere."""
     import yaml
 
-    data = redact(ctx.recipe.raw, _secrets(ctx.recipe))
+    data = redact(ctx.recipe.raw, known_secrets(ctx.recipe))
     data.pop("output_dir", None)  # a path of this machine; reproduce chooses its own folder
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
@@ -467,143 +345,15 @@ def recipe_yaml(ctx: StageContext) -> str:
 # pushing
 
 
-def _transient(error: BaseException) -> bool:
-    import requests
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if isinstance(error, HfHubHTTPError):
-        status = getattr(error.response, "status_code", None)
-        return status is None or status >= 500 or status == 429
-    return isinstance(error, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError))
-
-
-def _status(error: BaseException) -> int | None:
-    return getattr(getattr(error, "response", None), "status_code", None)
-
-
-def _short(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return redact(text[:200], _secrets())
-
-
-def with_retries(fn: Callable[[], Any], what: str, retries: int, wait: float) -> Any:
-    """Call ``fn``, retrying server errors (5xx, 429) and lost connections with doubling waits."""
-    for attempt in range(retries + 1):
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001 - filtered by _transient
-            if not _transient(e) or attempt == retries:
-                raise
-            delay = wait * 2 ** attempt
-            logger.warning("%s failed (%s); retry %d/%d in %.1fs", what, _short(e), attempt + 1, retries, delay)
-            time.sleep(delay)
-
-
-def next_tag(existing) -> str:
-    """``v<N+1>`` for the highest ``v<N>`` among the existing tags (``v1`` for none)."""
-    numbers = [int(m.group(1)) for t in existing if (m := re.fullmatch(r"v(\d+)", t))]
-    return f"v{max(numbers, default=0) + 1}"
-
-
-class Publisher:
-    """One Hub repo: pick the version tag, push a local folder as one commit, tag it."""
-
-    def __init__(self, repo_id: str, repo_type: str, *, token: str, private: bool = False, retries: int = 3,
-                 retry_wait: float = 2.0):
-        from huggingface_hub import HfApi, constants
-
-        from . import __version__
-
-        if constants.HF_HUB_OFFLINE:
-            raise HfaugError(f"publish: HF_HUB_OFFLINE is set, so {repo_id} cannot be reached; unset it to push, "
-                             "or remove publish.repo_id to write the local folder only")
-        self.repo_id, self.repo_type = repo_id, repo_type
-        self.private, self.retries, self.retry_wait = private, retries, retry_wait
-        self.api = HfApi(endpoint=hub_endpoint(), token=token, library_name="hfaug", library_version=__version__)
-
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        try:
-            return with_retries(fn, f"{what} ({self.repo_id})", self.retries, self.retry_wait)
-        except HfaugError:
-            raise
-        except Exception as e:  # noqa: BLE001 - one line for the user; nothing was tagged
-            attempts = f" after {self.retries + 1} attempts" if _transient(e) and self.retries else ""
-            raise HubError(f"publish: {what} on {hub_endpoint()} for {self.repo_id} failed{attempts}: "
-                             f"{_short(e)}; no tag was created and earlier versions are unchanged") from e
-
-    def prepare(self, tag: str | None) -> str:
-        """Create the repo if needed and return the tag this publish will get (never an existing one)."""
-        tags = self.tags()
-        if tag is None:
-            return next_tag(tags)
-        if tag in tags:
-            raise HfaugError(f"publish: tag '{tag}' already exists on {self.repo_id} (commit {tags[tag][:8]}); "
-                             "tags are never moved: choose a new publish.tag, or leave it empty for the next vN")
-        return tag
-
-    def tags(self) -> dict[str, str]:
-        """Create the repo if needed; its tags as {name: commit}."""
-        self._call("create repo", lambda: self.api.create_repo(self.repo_id, repo_type=self.repo_type,
-                                                               private=self.private, exist_ok=True))
-        refs = self._call("list refs", lambda: self.api.list_repo_refs(self.repo_id, repo_type=self.repo_type))
-        return {t.name: t.target_commit for t in refs.tags}
-
-    def push(self, folder: Path, tag: str, message: str) -> str:
-        """One commit replacing the repo's files with ``folder``'s, then the tag; returns the commit sha."""
-        sha = self.commit(folder, message)
-        self.tag(sha, tag, message)
-        return sha
-
-    def commit(self, folder: Path, message: str) -> str:
-        """One commit replacing the repo's files with ``folder``'s; returns its sha."""
-        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
-        local = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        remote = self._call("list files", lambda: self.api.list_repo_files(self.repo_id, repo_type=self.repo_type))
-        stale = [p for p in remote if p not in set(local) and p != ".gitattributes"]
-
-        def commit():
-            # fresh operations on each attempt: an operation object is single-use
-            ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in local]
-            ops += [CommitOperationDelete(path_in_repo=p) for p in stale]
-            return self.api.create_commit(self.repo_id, ops, commit_message=message, repo_type=self.repo_type)
-
-        return self._call("commit", commit).oid
-
-    def tag(self, sha: str, tag: str, message: str) -> None:
-        """Tag commit ``sha``; a retry after a lost response finds its own tag."""
-        def create_tag():
-            from huggingface_hub.errors import HfHubHTTPError
-
-            try:
-                self.api.create_tag(self.repo_id, tag=tag, revision=sha, tag_message=message, repo_type=self.repo_type)
-            except HfHubHTTPError as e:
-                if _status(e) != 409:
-                    raise
-                refs = self.api.list_repo_refs(self.repo_id, repo_type=self.repo_type)
-                if {t.name: t.target_commit for t in refs.tags}.get(tag) != sha:
-                    raise HfaugError(f"publish: tag '{tag}' was created on {self.repo_id} by someone else "
-                                     "meanwhile; tags are never moved: publish again for the next version") from None
-
-        self._call("create tag", create_tag)
-
-
 def _write_local(folder: Path, target: Path) -> None:
     """Mirror ``folder`` into ``target`` (replacing what was there) through a temp copy and rename."""
     target = target.resolve()
     if target == folder.resolve():
         return
-    tmp = target.with_name(f".{target.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(folder, tmp)
-    if target.exists():
-        if not (target / "README.md").exists() and any(target.iterdir()):
-            shutil.rmtree(tmp)
-            raise HfaugError(f"publish.local_dir {target} exists and is not an hfaug layout; choose an empty folder")
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)
+    if target.exists() and not (target / "README.md").exists() and any(target.iterdir()):
+        raise HfaugError(f"publish.local_dir {target} exists and is not an hfaug layout; choose an empty folder")
+    with atomic_folder(target) as tmp:
+        shutil.copytree(folder, tmp, dirs_exist_ok=True)
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -623,7 +373,7 @@ def run(ctx: StageContext) -> StageResult:
         logger.info("publish: %s is pushed together with the students by publish-model (one release)",
                     config.repo_id)
     elif push:
-        publisher = Publisher(config.repo_id, "dataset", token=token, private=config.private,
+        publisher = HubRepo(config.repo_id, "dataset", token=token, private=config.private,
                               retries=config.retries, retry_wait=config.retry_wait)
         tag = publisher.prepare(config.tag)
     folder = ctx.out_dir / LAYOUT_DIR
@@ -670,8 +420,6 @@ def students(ctx: StageContext) -> dict[str, dict[str, Path]]:
     return found
 
 
-ONNX_SUBFOLDER = "onnx"
-INT8_FILE = "model_quantized.onnx"
 
 
 def model_layout(parts: dict[str, Path], folder: Path) -> Path:
@@ -685,7 +433,7 @@ def model_layout(parts: dict[str, Path], folder: Path) -> Path:
         onnx/config.json, onnx/tokenizer.json, ...                             shared by both
         onnx/hfaug.json                 the Space's examples, metrics and repo links (publish-model)
     """
-    shutil.copytree(parts["model"], folder)
+    shutil.copytree(parts["model"], folder, ignore=shutil.ignore_patterns(CARD_DATA))  # the card is rendered
     onnx = folder / ONNX_SUBFOLDER
     if "onnx" in parts:
         shutil.copytree(parts["onnx"], onnx, dirs_exist_ok=True)
@@ -702,39 +450,51 @@ def model_layout(parts: dict[str, Path], folder: Path) -> Path:
     return folder
 
 
-def model_card_context(ctx: StageContext, name: str, *, repo_id: str | None, revision: str | None,
-                       onnx: bool, dataset: tuple[str, str] | None = None) -> dict[str, Any]:
-    """What model_cards/model_card.md needs, from the run (used when a student has no README.md)."""
+def card_data_from_run(ctx: StageContext, name: str, dataset: tuple[str, str] | None = None) -> ModelCardData:
+    """A student's card data from the run, for a student folder without distill's card.json
+    (``dataset``: the repo id and tag of the dataset released with it)."""
     import json
 
     distill = _section(ctx, "distill")
-    publish: PublishConfig = ctx.config
     folder = ctx.run.stage_dir("distill") / "students" / name
     saved = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
     test = saved.get("test") if isinstance(saved.get("test"), dict) else {}
     published = (ctx.run.manifest("publish") or {}).get("metrics") or {}
-    if dataset is not None:  # released together: the dataset's repo and the same tag
+    if dataset is not None:
         published = {"repo_id": dataset[0], "tag": dataset[1]}
     datasets_used = []
     if published.get("repo_id"):
         datasets_used.append({"name": f"{name} (synthetic, teacher soft labels)", "path": published["repo_id"],
-                              "revision": published.get("tag"), "description": f"config '{name}'"})
-    base = _pick(distill, "model", "base_model", "model_name_or_path") or "unknown"
+                              "revision": published.get("tag"), "description": f"config '{name}'",
+                              "synthetic": True})
     subset = saved.get("subset") if isinstance(saved.get("subset"), dict) else {}
-    return {
-        "model_name": repo_id or name, "base_model": base,
-        "base_model_is_hub": (isinstance(base, str) and base.count("/") == 1
-                              and not base.startswith(("hfaug:", ".", "/"))),
-        "hub_datasets": [d["path"] for d in datasets_used],
-        "task": ctx.task.name, "labels": list(ctx.task.labels),
-        "languages": sorted({_hub_lang(lang) for lang in test} | {"en"}),
-        "datasets": datasets_used, "strategy": subset.get("strategy"), "budget": subset.get("budget_per_class"),
-        "test_metrics": test, "dev_accuracy": saved.get("dev_accuracy"), "metrics_note": saved.get("note"),
-        "training": {k: v for k, v in distill.items()
-                     if isinstance(v, (int, float, str, bool)) and v not in ("", None)},
-        "seed": ctx.seed, "description": ctx.recipe.run.description,
-        "license": publish.license, "onnx": onnx, "repo_id": repo_id, "revision": revision,
-    }
+    return ModelCardData(
+        name=name, title=name, base_model=_pick(distill, "model", "base_model", "model_name_or_path") or "unknown",
+        task=ctx.task.name, labels=list(ctx.task.labels),
+        languages=sorted({hub_lang(lang) for lang in test} | {"en"}),
+        datasets=datasets_used, subset=subset.get("name") or name, strategy=subset.get("strategy"),
+        budget=subset.get("budget_per_class"), test_metrics=test, dev_accuracy=saved.get("dev_accuracy"),
+        metrics_note=saved.get("note"),
+        training={k: v for k, v in distill.items() if isinstance(v, (int, float, str, bool)) and v not in ("", None)},
+        seed=ctx.seed, description=ctx.recipe.run.description,
+    )
+
+
+def student_card(ctx: StageContext, name: str, parts: dict[str, Path], *, repo_id: str | None,
+                 revision: str | None, dataset: tuple[str, str] | None = None) -> str:
+    """A student's card as publish-model pushes it, rendered here once: distill's card data (else
+    what the run says) with the repo id, the version tag, publish.license and the ONNX files with
+    export's parity figures. ``dataset``: (repo id, tag) of the dataset released together with it."""
+    config: PublishConfig = ctx.config
+    data = ModelCardData.load(parts["model"]) or card_data_from_run(ctx, name, dataset)
+    if dataset is not None:  # the synthetic rows are that dataset's config, at the release's tag
+        data.datasets = [{**d, "path": dataset[0], "revision": dataset[1], "description": f"config '{data.subset}'"}
+                         if d.get("synthetic") else d for d in data.datasets]
+    figures = ((ctx.run.manifest("export") or {}).get("metrics") or {}).get(name) or {}
+    variants = {"fp32": "onnx" in parts, "int8": "int8" in parts}
+    onnx = OnnxExport(**variants, parity={v: f for v, f in figures.items()
+                                          if variants.get(v) and isinstance(f, dict) and "agreement" in f})
+    return model_card(replace(data, repo_id=repo_id, revision=revision, license=config.license, onnx=onnx))
 
 
 def releases_students(ctx: StageContext) -> bool:
@@ -769,7 +529,7 @@ def release(ctx: StageContext, targets: list[Target], token: str) -> tuple[str, 
     from .runs import MANIFEST
 
     config: PublishConfig = ctx.config
-    publishers = {t.repo_id: Publisher(t.repo_id, t.repo_type, token=token, private=config.private,
+    publishers = {t.repo_id: HubRepo(t.repo_id, t.repo_type, token=token, private=config.private,
                                        retries=config.retries, retry_wait=config.retry_wait) for t in targets}
     tags = {repo: p.tags() for repo, p in publishers.items()}
     path = ctx.cache_dir / RELEASE_FILE
@@ -784,7 +544,7 @@ def release(ctx: StageContext, targets: list[Target], token: str) -> tuple[str, 
         if tag in repo_tags and repo_tags[tag] != record["repos"].get(repo):
             raise HfaugError(f"publish: tag '{tag}' already exists on {repo} (commit {repo_tags[tag][:8]}); "
                              "tags are never moved: choose a new publish.tag, or leave it empty for the next vN")
-    path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    write_json(path, record, indent=1)
     (ctx.run.stage_dir(ctx.stage) / MANIFEST).unlink(missing_ok=True)
     message = scrub(config.commit_message or f"hfaug publish {tag}", ctx)
     for target in targets:
@@ -794,7 +554,7 @@ def release(ctx: StageContext, targets: list[Target], token: str) -> tuple[str, 
             continue
         if record["repos"][repo] is None:
             record["repos"][repo] = publisher.commit(target.build(tag), message)
-            path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+            write_json(path, record, indent=1)
         try:
             publisher.tag(record["repos"][repo], tag, message)
         except HubError as e:
@@ -804,36 +564,8 @@ def release(ctx: StageContext, targets: list[Target], token: str) -> tuple[str, 
     return tag, record["repos"]
 
 
-def release_section(tag: str, dataset: str | None, models: list[str]) -> str:
-    """The card section that names every repo of the release (each card names the others)."""
-    from huggingface_hub import constants
-
-    hub = constants.ENDPOINT.rstrip("/")  # the Hub the release goes to (HF_ENDPOINT for a private one)
-    parts = ([f"the dataset [`{dataset}`]({hub}/datasets/{dataset}/tree/{tag})"] if dataset else [])
-    parts += [f"the student [`{m}`]({hub}/{m}/tree/{tag})" for m in models]
-    return (f"\n\n## Release {tag}\n\nThis repo is one part of hfaug release `{tag}`: {', '.join(parts)}. "
-            f"Every part carries the tag `{tag}`; load them with `revision=\"{tag}\"`.\n")
-
-
-def set_card_license(card: str, license: str) -> str:
-    """The card with ``license`` in its YAML front matter (publish.license wins over the student's own)."""
-    import yaml
-
-    if card.startswith("---\n") and (end := card.find("\n---", 4)) != -1:
-        try:
-            meta = yaml.safe_load(card[4:end]) or {}
-        except yaml.YAMLError:
-            meta = None
-        if isinstance(meta, dict):
-            meta["license"] = license
-            return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + card[end + 1:]
-    return f"---\nlicense: {license}\n---\n" + card
-
-
 def run_models(ctx: StageContext) -> StageResult:
     """The ``publish-model`` stage: each student (plus its ONNX export under onnx/) as a model repo."""
-    from .cards import render
-
     config: PublishConfig = ctx.config
     found = students(ctx)
     if not found:
@@ -868,16 +600,11 @@ def run_models(ctx: StageContext) -> StageResult:
                 info["model_revision"] = tag
             path = write_info(folder / ONNX_SUBFOLDER, info)
             path.write_text(scrub(path.read_text(encoding="utf-8"), ctx), encoding="utf-8")  # no secret in a repo
-        card_path = folder / "README.md"
-        if card_path.exists():
-            card = set_card_license(card_path.read_text(encoding="utf-8"), config.license)
-        else:
-            card = render("model_card.md", **model_card_context(
-                ctx, name, repo_id=repos[name], revision=tag, onnx="onnx" in parts or "int8" in parts,
-                dataset=(dataset, tag) if dataset else None))
+        card = student_card(ctx, name, parts, repo_id=repos[name], revision=tag,
+                            dataset=(dataset, tag) if dataset else None)
         if tag is not None:
             card = card.rstrip("\n") + release_section(tag, dataset, [r for n, r in repos.items() if n != name])
-        card_path.write_text(scrub(card, ctx), encoding="utf-8")
+        (folder / README).write_text(scrub(card, ctx), encoding="utf-8")
         return folder
 
     def build_dataset(tag: str) -> Path:
@@ -916,72 +643,3 @@ def run_models(ctx: StageContext) -> StageResult:
         result["dataset"] = {"repo_id": dataset, "tag": tag, "commit": commits[dataset], "endpoint": hub_endpoint()}
         hints.insert(0, f"load_dataset({dataset!r}, <config>, revision={tag!r})")
     return StageResult(metrics=result, extra={"next": hints})
-
-
-# ---------------------------------------------------------------------------------------------
-# reproduction
-
-
-def reproduce(repo: str, revision: str = "main", output_dir: str | Path | None = None):
-    """Download a published dataset's recipe.yaml (repo id or local layout) and rerun it in a clean folder.
-
-    The publish section is kept but made local, so a reproduction never pushes and its
-    ``<output_dir>/<name>/publish/hub-layout`` can be compared with the published copy. Returns the :class:`~hfaug.runs.Run`.
-    """
-    import yaml
-
-    from .config import load_recipe
-    from .pipeline import run_pipeline
-
-    if Path(repo).is_dir():
-        path = Path(repo) / RECIPE_FILE
-        if not path.is_file():
-            raise HfaugError(f"reproduce: {repo} has no {RECIPE_FILE}; is it a folder written by hfaug publish?")
-    else:
-        path = Path(_download_recipe(repo, revision))
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise HfaugError(f"reproduce: {RECIPE_FILE} of {repo}@{revision} is not a recipe mapping")
-    if not any(section in data for section in ("label", "select")):
-        data.pop("publish", None)  # nothing of this recipe's own would be published
-    elif isinstance(data.get("publish"), dict):
-        # rebuild the published layout locally (to compare with the Hub copy); never push again
-        data["publish"] = {**data["publish"], "repo_id": None, "local_dir": None, "tag": None}
-    safe = re.sub(r"[^\w.\-]+", "-", f"{repo}-{revision}").strip("-")
-    out = Path(output_dir) if output_dir else Path("reproduce") / safe
-    if out.exists() and any(out.iterdir()):
-        raise HfaugError(f"reproduce: {out} is not empty; give a clean --output-dir")
-    data["output_dir"] = str(out)
-    recipe = load_recipe(data)
-    logger.info("reproduce: rerunning %s@%s in %s", repo, revision, out)
-    return run_pipeline(recipe, root=out / recipe.run.name)
-
-
-def _download_recipe(repo_id: str, revision: str) -> str:
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if constants.HF_HUB_OFFLINE:
-        raise HfaugError(f"reproduce: HF_HUB_OFFLINE is set, so {repo_id} cannot be downloaded; unset it, "
-                         "or pass the local folder of the dataset")
-    api = HfApi(endpoint=hub_endpoint(), token=hub_token())
-    try:
-        return api.hf_hub_download(repo_id, RECIPE_FILE, repo_type="dataset", revision=revision)
-    except RevisionNotFoundError:
-        raise HfaugError(f"reproduce: {repo_id} has no revision '{revision}'") from None
-    except LocalEntryNotFoundError as e:  # the server or the network failed (not a missing file)
-        raise HubError(f"reproduce: downloading {RECIPE_FILE} of {repo_id}@{revision} from {hub_endpoint()} "
-                       f"failed: {_short(e)}; try again later") from None
-    except EntryNotFoundError:
-        raise HfaugError(f"reproduce: {repo_id}@{revision} has no {RECIPE_FILE}; was it published by hfaug?") from None
-    except RepositoryNotFoundError:
-        raise HfaugError(f"reproduce: dataset repo {repo_id} not found on {hub_endpoint()} "
-                         "(or it is private: set HF_TOKEN)") from None
-    except Exception as e:  # noqa: BLE001 - the server or the network, not the user's input
-        raise HubError(f"reproduce: downloading {RECIPE_FILE} of {repo_id}@{revision} from {hub_endpoint()} "
-                       f"failed: {_short(e)}; try again later") from None

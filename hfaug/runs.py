@@ -41,8 +41,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
+from .atomic import replace_folder, write_text
+from .atomic import write_json as write_json_atomic  # noqa: F401 -- the name the stages import
 from .config import Recipe, to_dict
 from .errors import HfaugError
+from .hub import known_secrets, redact
 
 if TYPE_CHECKING:
     import datasets
@@ -72,15 +77,6 @@ def package_versions() -> dict[str, str]:
 def stable_hash(data: Any) -> str:
     payload = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temp file and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -260,10 +256,9 @@ class Run:
         return list(manifest.get("rows_out", {}))
 
     def save_recipe(self) -> None:
-        path = self.root / "recipe.yaml"
-        tmp = path.with_name(".recipe.yaml.tmp")
-        tmp.write_text(self.recipe.to_yaml(), encoding="utf-8")
-        os.replace(tmp, path)
+        # the run's copy is a recipe like any other: a token typed into free text is blanked
+        text = yaml.safe_dump(redact(self.recipe.raw, known_secrets(self.recipe)), sort_keys=False, allow_unicode=True)
+        write_text(self.root / "recipe.yaml", text)
 
 
 @dataclass
@@ -372,7 +367,7 @@ def execute(run: Run, stage: str, fn, config: Any, inputs: list[str], *, force: 
         # nothing of a failed or interrupted attempt is kept here (finished work lives in cache/)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _swap_into_place(tmp, final)
+    replace_folder(tmp, final)
     logger.info("%s: done in %.1fs (%s)", stage, wall,
                 ", ".join(f"{k}: {v} rows" for k, v in manifest["rows_out"].items()))
     return manifest, False
@@ -395,7 +390,7 @@ def _write_outputs(run: Run, stage: str, key: str, config: Any, inputs: list[str
         "stage": stage,
         "hash": key,
         "run_id": run_id,
-        "config": to_dict(config) if config is not None else None,
+        "config": redact(to_dict(config), known_secrets(run.recipe)) if config is not None else None,
         "task": task_key(run),
         "setting": run.recipe.setting,  # the paper's setting the stage ran in (docs/fidelity.md)
         "seed": run.recipe.run.seed,
@@ -415,13 +410,3 @@ def _write_outputs(run: Run, stage: str, key: str, config: Any, inputs: list[str
     write_json_atomic(tmp / MANIFEST, manifest)
     return manifest
 
-
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)

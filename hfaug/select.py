@@ -68,14 +68,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import schema
+from .atomic import save_npy
 from .errors import HfaugError, did_you_mean
+from .extras import missing
 from .runs import StageContext, StageResult
 from .tasks import Task, get_task
 
@@ -572,9 +573,7 @@ def embed_texts(texts: list[str], model_ref: str, *, batch_size: int = 64, devic
     unique = model.encode(distinct, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
                           show_progress_bar=len(distinct) > 10 * batch_size).astype(np.float32)
     if cache_path is not None:
-        tmp = cache_path.with_name(f".{cache_path.name}.tmp-{os.getpid()}.npy")
-        np.save(tmp, unique)
-        os.replace(tmp, cache_path)
+        save_npy(cache_path, unique)
     return _expand(unique, distinct, texts)
 
 
@@ -585,8 +584,8 @@ def _embedder(model_ref: str, device: str | None):
 
     try:
         from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise HfaugError("div-k needs sentence-transformers: pip install sentence-transformers") from None
+    except ImportError as e:
+        raise missing("div-k", e) from None
     try:
         return SentenceTransformer(resolve(model_ref), device=device)
     except OSError as e:

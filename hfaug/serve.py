@@ -31,6 +31,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import HfaugError, did_you_mean
+from .extras import missing
 from .space_info import student_info
 
 if TYPE_CHECKING:
@@ -97,14 +98,6 @@ class ServeConfig:
 # loading models and the app (the Space's code, its errors as hfaug's one-line errors)
 
 
-def resolve_model(ref: str) -> Path:
-    """The local ONNX file of a reference: a folder, ``owner/name[/sub][@revision][:int8|:fp32]``."""
-    try:
-        return space.resolve(ref)
-    except space.ModelError as e:
-        raise HfaugError(str(e)) from None
-
-
 def load_models(models: str | Mapping[str, str | Path], *, max_length: int = 128) -> dict[str, Any]:
     """ONNX predictors by display name, from ``"name=ref,..."`` or a {name: ref} mapping."""
     try:
@@ -113,7 +106,7 @@ def load_models(models: str | Mapping[str, str | Path], *, max_length: int = 128
     except space.ModelError as e:
         raise HfaugError(str(e)) from None
     except ImportError as e:
-        raise HfaugError(f"serving needs onnxruntime and tokenizers ({e}); pip install 'hfaug[serve]'") from None
+        raise missing("serving", e, prefer="serve") from None
 
 
 def build_demo(models: Mapping[str, Any], **options: Any) -> "gr.Blocks":
@@ -121,7 +114,7 @@ def build_demo(models: Mapping[str, Any], **options: Any) -> "gr.Blocks":
     try:
         import gradio  # noqa: F401
     except ImportError as e:
-        raise HfaugError(f"serving needs gradio ({e}); pip install 'hfaug[serve]'") from None
+        raise missing("serving", e, prefer="serve") from None
     try:
         return space.build_demo(models, **options)
     except space.ModelError as e:

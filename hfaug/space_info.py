@@ -4,7 +4,8 @@ Written as ``hfaug.json`` beside the ONNX files (``export/onnx/<name>/``, ``expo
 ``onnx/`` of a model repo written by ``publish-model``), read by spaces/hfaug_space.py, which needs
 nothing of hfaug to do so::
 
-    {"name": "sw-divk-5", "task": "nli", "labels": [...], "languages": ["sw"],
+    {"name": "sw-divk-5", "task": "nli", "labels": [...], "text_columns": ["premise", "hypothesis"],
+     "languages": ["sw"],
      "examples": {"sw": [["<premise>", "<hypothesis>"], ...]},
      "metrics": {"sw": {"accuracy": 0.61, "macro_f1": 0.58, "n": 120}}, "metrics_of": "int8/sw-divk-5",
      "model_repo": "org/run-sw-divk-5", "dataset_repo": "org/run", "revision": "v2"}
@@ -91,7 +92,8 @@ def student_info(run: "Run", name: str, *, model_repo: str | None = None, datase
         dataset_repo = published.get("repo_id")
         revision = revision or published.get("tag")
     task = run.task
-    info: dict[str, Any] = {"name": name, "task": task.name, "labels": list(task.labels), "languages": languages,
+    info: dict[str, Any] = {"name": name, "task": task.name, "labels": list(task.labels),
+                            "text_columns": list(task.text_columns), "languages": languages,
                             "examples": _examples(run, subset.get("name"), languages, tuple(task.text_columns)),
                             "metrics": metrics, "metrics_of": measured_on}
     info.update({k: v for k, v in (("model_repo", model_repo), ("dataset_repo", dataset_repo),

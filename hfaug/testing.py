@@ -20,11 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+
+from .atomic import atomic_folder
 
 TINY_VERSION = "2"
 
@@ -189,12 +190,7 @@ def tiny_model(kind: str, root: str | Path | None = None) -> Path:
     path = base / f"{kind}-v{TINY_VERSION}-{_build_digest()}"
     if (path / "config.json").exists() or (path / "modules.json").exists():
         return path
-    tmp = base / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    BUILDERS[kind](tmp)
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process won the race; its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
+    # replace=False: when another process won the race, its copy (identical) stays
+    with atomic_folder(path, replace=False) as tmp:
+        BUILDERS[kind](tmp)
     return path

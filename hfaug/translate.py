@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import schema
 from .errors import HfaugError
+from .extras import install_hint
 from .languages import (
     FAMILIES,
     INDICTRANS2,
@@ -234,14 +235,14 @@ class Translator:
         self.indic = self._indic_processor() if self.family == "indictrans2" and config.indic_toolkit else None
         if self.family == "indictrans2" and config.indic_toolkit and self.indic is None:
             raise HfaugError("translate: IndicTrans2 is pre- and post-processed with IndicTransToolkit, which is not "
-                             "installed: pip install 'hfaug[indic]' (or translate.indic_toolkit: false for language "
+                             f"installed: {install_hint('IndicTransToolkit')} (or translate.indic_toolkit: false for language "
                              "tags only)")
         if self.family == "indictrans2" and self.indic is None:
             # without IndicTransToolkit there is no transliteration back from the unified script
             bad = [c for c, code in self.codes.items() if code.split("_")[1] not in ("Deva", "Arab", "Latn")]
             if bad:
                 raise HfaugError(f"translate: IndicTrans2 into {bad} needs IndicTransToolkit "
-                                 "(pip install IndicTransToolkit) for its post-processing")
+                                 f"({install_hint('IndicTransToolkit')}) for its post-processing")
             logger.warning("translate: IndicTransToolkit is not installed; IndicTrans2 inputs get only "
                            "language tags (no normalisation or entity placeholders)")
         if self.family in ("nllb", "m2m100", "mbart50"):
@@ -264,7 +265,7 @@ class Translator:
             text = str(e).splitlines()[0] if str(e) else type(e).__name__
             if "sentencepiece" in str(e).lower():
                 raise HfaugError(f"translate: the tokenizer of '{self.name}' needs sentencepiece "
-                                 "(pip install sentencepiece)") from None
+                                 f"({install_hint('sentencepiece')})") from None
             if "trust_remote_code" in str(e):
                 raise HfaugError(f"translate: model '{self.name}' needs its own code: set "
                                  "translate.trust_remote_code: true if you trust the repository") from None

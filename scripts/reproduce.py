@@ -3,12 +3,12 @@
 
 Uploaded into every dataset repo hfaug publishes, next to ``recipe.yaml``::
 
-    pip install hfaug
+    # first install hfaug: it is not on PyPI; the dataset card (Reproducing) says how
     python reproduce.py USER/DATASET --revision v1 --output-dir reproduced
     python reproduce.py                      # in a downloaded copy of the repo: uses ./recipe.yaml
 
 It downloads ``recipe.yaml`` at that revision (``HF_ENDPOINT`` and ``HF_TOKEN`` are honoured, as
-everywhere in huggingface_hub) and reruns it in a clean folder with ``hfaug.publish.reproduce``, the
+everywhere in huggingface_hub) and reruns it in a clean folder with ``hfaug.pipeline.reproduce``, the
 same code as ``hfaug reproduce``: the publish step writes the layout locally and never pushes.
 """
 
@@ -27,8 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from hfaug.errors import HfaugError
-    from hfaug.pipeline import summary
-    from hfaug.publish import reproduce
+    from hfaug.pipeline import reproduce, summary
 
     # without a repo id, this script sits in a downloaded copy of the repo, beside recipe.yaml
     repo = args.repo or str(Path(__file__).resolve().parent)

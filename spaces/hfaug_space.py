@@ -393,8 +393,12 @@ def model_info_markdown(name: str, info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def is_pair_model(labels: list[str]) -> bool:
-    """NLI students take a premise and a hypothesis; everything else one text."""
+def is_pair_model(labels: list[str], info: Mapping[str, Any] | None = None) -> bool:
+    """Pair students (NLI, or a task of the run's own with two text columns, as ``hfaug.json`` says)
+    take two texts; everything else one. Without ``hfaug.json``, the NLI labels mean a pair."""
+    columns = (info or {}).get("text_columns")
+    if isinstance(columns, list) and columns:
+        return len(columns) == 2
     return set(labels) == NLI_LABELS
 
 
@@ -428,7 +432,7 @@ def build_demo(models: Mapping[str, Any], *, pair: bool | None = None, max_chars
         if set(models[name].labels) != set(labels):
             raise ModelError(f"models '{names[0]}' and '{name}' predict different labels "
                              f"({labels} vs {models[name].labels}); serve one task per app")
-    pair = is_pair_model(labels) if pair is None else pair
+    pair = is_pair_model(labels, models[names[0]].info) if pair is None else pair
     # binary sentiment (a subset of the sentiment labels) shows the sentiment examples too
     task = models[names[0]].info.get("task") or (
         "nli" if pair else "sentiment" if set(labels) <= {"negative", "neutral", "positive"} else None)

@@ -175,6 +175,7 @@ def test_adapt_reruns_when_the_generate_prompts_change_and_only_then(tmp_path):
     assert reads(n_per_class=500, temperature=0.3) == base  # how much is generated: not what was asked
     assert reads(domains=["films"]) != base
     assert reads(templates={"positive": "Praise a hotel."}) != base
+    assert reads(prompts="news") != base
 
 
 def test_config_through_recipe_is_typed_and_hash_stable():
@@ -229,6 +230,22 @@ def test_sentiment_pairs_ask_for_the_rows_label_as_generate_does():
         assert row["prompt"] == sent[task.labels[src["label"]]]
         assert row["completion"] == [{"role": "assistant", "content": src["text"]}]
         assert row["label"] == src["label"] and row["source_id"] == src["id"]
+
+
+def test_pairs_follow_the_generate_prompt_set():
+    """With generate.prompts: news the adapter trains on the news requests generate will send."""
+    from hfaug.adapt import instruction_pairs
+    from hfaug.prompts import sentiment_requests, templates_for
+
+    task = get_task("sentiment")
+    source = _source_train("sentiment", limit=9)
+    pairs, _ = instruction_pairs(source, task, prompt_set="news")
+    sent = {r.label: r.chat for r in sentiment_requests(task.labels, 1, templates_for("sentiment", None, "news"),
+                                                        None, seed=0)}
+    assert "reviews on news" in sent["positive"][0]["content"]
+    for row, src in zip(pairs, source):
+        assert row["prompt"] == sent[task.labels[src["label"]]]
+    assert pairs[0]["prompt"] != instruction_pairs(source, task)[0][0]["prompt"]
 
 
 def test_nli_pairs_put_the_premise_in_the_prompt_and_max_rows_balances():

@@ -52,9 +52,11 @@ def test_demo_runs_every_stage(demo_run):
     assert "load_dataset(" in proc.stdout and "hfaug serve" in proc.stdout  # the next commands
     run_dir = out / "demo"
     layout = run_dir / "publish" / "hub-layout"
-    for config in ("hi-divk-10", "mr-ambk-10", "en-candidates"):
+    for config in ("hi-divk-10", "mr-ambk-10", "translated-candidates"):
         ds = datasets.load_dataset(str(layout), config, split="train")
         assert len(ds) > 0 and ds.features["label"].names == ["negative", "neutral", "positive"]
+    # translated-teacher: the teacher labelled the translations, so the candidates are not English
+    assert set(datasets.load_dataset(str(layout), "translated-candidates", split="train")["lang"]) == {"hi", "mr"}
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     assert metrics, "evaluate wrote no metrics"
     text = (run_dir / "evaluate" / "metrics.md").read_text()
@@ -160,7 +162,7 @@ def test_reproduce_from_the_hub_yields_the_published_data(hub, tmp_path):
     assert cli.main(["reproduce", repo, "--revision", "v1", "--output-dir", str(clean)]) == 0
     layout = clean / "small" / "publish" / "hub-layout"
     configs = datasets.get_dataset_config_names(repo, revision="v1")
-    assert {"hi-topk-4", "hi-divk-4", "en-candidates"} <= set(configs)
+    assert {"hi-topk-4", "hi-divk-4", "translated-candidates"} <= set(configs)
     for config in configs:
         published = datasets.load_dataset(repo, config, revision="v1", split="train")
         rebuilt = datasets.load_dataset(str(layout), config, split="train")

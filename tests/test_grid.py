@@ -297,15 +297,15 @@ def test_dataset_card_embeds_the_grid_figures(tmp_path, monkeypatch):
 
 
 def test_dry_run_reads_the_gold_rows_from_the_hub_card_in_one_request(hub):
-    from types import SimpleNamespace
-
     from huggingface_hub import HfApi
+
+    from hfaug.hub import split_rows
 
     api = HfApi()
     api.create_repo("org/sst", repo_type="dataset")
     card = ("---\ndataset_info:\n  config_name: default\n  splits:\n  - name: train\n    num_examples: 8544\n"
             "  - name: validation\n    num_examples: 1101\n---\n# sst\n")
     api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id="org/sst", repo_type="dataset")
-    assert G._hub_split_rows(SimpleNamespace(path="org/sst", split="train")) == 8544
-    assert G._hub_split_rows(SimpleNamespace(path="org/sst", split="validation")) == 1101
-    assert G._hub_split_rows(SimpleNamespace(path="org/none", split="train")) is None
+    assert split_rows("org/sst", None, None, "train") == 8544
+    assert split_rows("org/sst", None, None, "validation") == 1101
+    assert split_rows("org/none", None, None, "train") is None

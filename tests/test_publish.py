@@ -321,7 +321,7 @@ def test_uploaded_recipe_has_no_secrets(tmp_path, offline):
     data["source"]["api_key"] = "should-not-matter"  # not a SourceConfig key: rejected before anything
     with pytest.raises(HfaugError, match="unknown key"):
         load_recipe(data)
-    from hfaug.publish import redact
+    from hfaug.hub import redact
 
     assert redact({"hf_token": "x", "generate": {"api_key": "k", "max_new_tokens": 5}, "t": "a-SECRET-b"},
                   ("SECRET",)) == {"hf_token": "<redacted>", "generate": {"api_key": "<redacted>", "max_new_tokens": 5},
@@ -382,7 +382,7 @@ def test_bad_config_is_a_one_line_error(tmp_path, offline, capsys):
 
 
 def test_next_tag():
-    from hfaug.publish import next_tag
+    from hfaug.hub import next_tag
 
     assert next_tag([]) == "v1"
     assert next_tag(["v1", "v2", "release", "v10"]) == "v11"
@@ -473,8 +473,11 @@ def test_students_publish_as_versioned_model_repos(hub, tmp_path):
     manifest, _ = pipeline.run_stage(run, "publish-model", force=True)
     assert manifest["metrics"]["students"]["hi-divk-4"]["tag"] == "v2"
     v2 = hub.files(model_repo, "v2", repo_type="model")
-    # the student's own card, with publish.license (the recipe's default here) replacing its license
-    assert v2["README.md"].startswith(b"---\nlicense: cc-by-4.0\n---\n# a student card from distill")
+    # a README without distill's card data is rendered again from the run, with publish.license
+    # (the recipe's default here), this repo and tag, and no ONNX section now that there is no export
+    v2_card = v2["README.md"].decode()
+    assert "a student card from distill" not in v2_card and "license: \"cc-by-4.0\"" in v2_card
+    assert f'model="{model_repo}", revision="v2"' in v2_card and 'subfolder="onnx"' not in v2_card
     assert "onnx/model.onnx" not in v2
     assert "onnx/model.onnx" in hub.files(model_repo, "v1", repo_type="model")  # v1 intact
 
@@ -485,19 +488,20 @@ def test_students_publish_as_versioned_model_repos(hub, tmp_path):
 
 
 def test_model_card_renders_the_distill_context(tmp_path):
-    """The context the distill stage passes (hfaug.distill._card) renders a card the Hub accepts."""
-    from hfaug.cards import render
+    """The card data the distill stage collects (hfaug.distill._card_data) renders a card the Hub accepts."""
+    from hfaug.cards import ModelCardData, model_card
 
-    context = dict(
-        model_name="demo-hi-divk-4", base_model="FacebookAI/xlm-roberta-base", base_model_is_hub=True,
-        hub_datasets=[REPO], task="nli", labels=["entailment", "neutral", "contradiction"], languages=["en", "hi"],
+    data = ModelCardData(
+        name="hi-divk-4", title="demo-hi-divk-4", base_model="FacebookAI/xlm-roberta-base", task="nli",
+        labels=["entailment", "neutral", "contradiction"], languages=["en", "hi"],
         datasets=[{"name": "source (gold)", "path": "data.jsonl", "revision": None, "description": "gold rows"},
-                  {"name": "hi-divk-4 (synthetic)", "path": REPO, "revision": "v1", "description": "select output"}],
-        subset={"name": "hi-divk-4"}, strategy="div-k", budget=4,
-        metrics={"dev_accuracy": 0.5}, dev_accuracy=0.5, test_metrics={"hi": {"accuracy": 0.7, "macro_f1": float("nan"), "n": 9}},
-        metrics_note=None, training={"num_train_epochs": 1, "learning_rate": 2e-5}, seed=42, description="",
+                  {"name": "hi-divk-4 (synthetic)", "path": REPO, "revision": "v1", "description": "select output",
+                   "synthetic": True}],
+        subset="hi-divk-4", strategy="div-k", budget=4, dev_accuracy=0.5,
+        test_metrics={"hi": {"accuracy": 0.7, "macro_f1": float("nan"), "n": 9}},
+        training={"num_train_epochs": 1, "learning_rate": 2e-5}, seed=42,
     )
-    card = render("model_card.md", **context)
+    card = model_card(data)
     assert validate_card(card, "model")[0] == []
     import yaml
 
@@ -686,10 +690,11 @@ def test_a_token_typed_into_free_text_is_redacted_everywhere(hub, tmp_path):
     texts.update({f"commit {c.sha}": (c.title + c.message).encode()
                   for repo, kind in ((REPO, "dataset"), (f"{REPO}-hi-divk-4", "model"))
                   for c in hub.repo(repo, kind).commits.values()})
-    for stage in ("publish", "publish-model"):  # the local layouts, as pushed
-        for path in (run.stage_dir(stage) / "hub-layout").rglob("*"):
-            if path.is_file():
-                texts[str(path)] = path.read_bytes()
+    run.save_recipe()
+    for path in run.root.rglob("*"):  # the run folder: the layouts as pushed, manifests, the recipe copy
+        if path.is_file() and path.suffix in (".json", ".md", ".yaml", ".txt"):
+            texts[str(path)] = path.read_bytes()
+    assert any(p.endswith("publish/manifest.json") for p in texts) and any(p.endswith("recipe.yaml") for p in texts)
     assert [where for where, data in texts.items() if TOKEN.encode() in data] == []
     assert b"my token is <redacted> oops" in texts[f"{REPO}:README.md"]
     assert b"my token is <redacted> oops" in texts[f"{REPO}-hi-divk-4:README.md"]
@@ -698,7 +703,7 @@ def test_a_token_typed_into_free_text_is_redacted_everywhere(hub, tmp_path):
 def test_card_metadata_sizes_default_config_and_license(hub, tmp_path):
     import datasets
 
-    from hfaug.publish import size_category
+    from hfaug.cards import size_category
 
     assert [size_category(n) for n in (999, 10**7 - 1, 10**7, 2 * 10**8, 10**12 - 1, 10**12)] == [
         "n<1K", "1M<n<10M", "10M<n<100M", "100M<n<1B", "100B<n<1T", "n>1T"]
@@ -747,3 +752,46 @@ def test_reproduce_exits_3_when_the_hub_fails(hub, tmp_path, capsys):
     assert cli.main(["reproduce", REPO, "--revision", "v1", "--output-dir", str(tmp_path / "r")]) == 3
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hfaug: error:")]
     assert len(err) == 1 and "recipe.yaml" in err[0] and "try again later" in err[0]
+
+
+def test_a_programming_error_in_a_hub_call_is_not_retried_nor_a_hub_error(hub):
+    from hfaug.errors import HubError
+    from hfaug.hub import HubRepo
+
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise TypeError("'NoneType' object is not iterable (injected)")
+
+    publisher = HubRepo(REPO, "dataset", token="t", retries=3, retry_wait=0.01)
+    with pytest.raises(TypeError, match="injected"):  # not HubError (exit 3, no traceback)
+        publisher._call("commit", broken)
+    assert calls == [1]
+    failing = []
+
+    def server_error():  # a server error still is retried, then reported as the Hub's failure
+        import requests
+        from huggingface_hub.errors import HfHubHTTPError
+
+        failing.append(1)
+        response = requests.Response()
+        response.status_code = 503
+        raise HfHubHTTPError("503 Service Unavailable", response=response)
+
+    with pytest.raises(HubError, match="after 4 attempts"):
+        publisher._call("commit", server_error)
+    assert len(failing) == 4
+
+
+def test_a_programming_error_in_reproduces_download_is_not_a_hub_error(hub, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from hfaug.hub import download_recipe
+
+    def broken(self, *args, **kwargs):
+        raise TypeError("unexpected keyword argument (injected)")
+
+    monkeypatch.setattr(HfApi, "hf_hub_download", broken)
+    with pytest.raises(TypeError, match="injected"):  # before: HubError "try again later", exit 3
+        download_recipe(REPO, "v1")

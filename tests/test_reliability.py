@@ -342,3 +342,122 @@ def test_the_length_check_of_a_sentiment_recipe_ignores_premise_tokens(tmp_path)
                                  "max_new_tokens": 64, "premise_max_new_tokens": 512})
         manifest, _ = run_stage(run, "generate")
         assert manifest["rows_out"]["data"] == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# programming errors are bugs, not server failures
+
+
+# a generate run whose in-process backend has a bug (a TypeError inside agenerate)
+_BROKEN_BACKEND = """
+import sys
+from hfaug import cli
+from hfaug.generate.backends import DummyBackend
+
+calls = []
+
+def text_for(cls, prompt, seed):
+    calls.append(seed)
+    raise TypeError("unsupported operand type(s) for +: 'int' and 'str' (injected)")
+
+DummyBackend.text_for = classmethod(text_for)
+try:
+    code = cli.main(sys.argv[1:])
+finally:
+    print(f"calls={len(calls)}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_a_programming_error_in_a_backend_surfaces_at_once_with_its_traceback(tmp_path):
+    # before: classified as a "malformed response", retried 6 times with doubling waits (about a
+    # minute at the default backoff) and then reported as a user error (exit 2, no traceback)
+    path = write_recipe(tmp_path, generate={"progress": False, "backend": "dummy", "n_per_class": 2,
+                                            "batch_size": 1, "concurrency": 1, "backoff": 0.01})
+    assert cli.main(["-q", "source", "--config", str(path)]) == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", _BROKEN_BACKEND, "-q", "generate", "--config", str(path)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" in proc.stderr and "TypeError: unsupported operand" in proc.stderr
+    assert "calls=1" in proc.stderr  # sent once, never retried
+    assert "hfaug: error" not in proc.stderr
+
+
+def test_a_programming_error_in_the_server_path_is_raised_not_retried(tgi, tmp_path, monkeypatch):
+    from hfaug.generate.backends import TGIBackend
+
+    calls = []
+
+    def render(self, request):
+        calls.append(request)
+        raise TypeError("'NoneType' object is not subscriptable (injected)")
+
+    monkeypatch.setattr(TGIBackend, "render", render)
+    run = gen_run(tmp_path, {"backend": "tgi", "endpoints": [tgi.url], "n_per_class": 2, "concurrency": 1,
+                             "prompt_format": "plain", "backoff": 0.01})
+    with pytest.raises(TypeError, match="injected"):
+        run_stage(run, "generate")
+    assert len(calls) == 1 and tgi.stats()["requests"] == 0
+
+
+def test_only_network_and_server_failures_are_transient():
+    import asyncio
+
+    import aiohttp
+    from huggingface_hub.errors import OverloadedError, ValidationError
+
+    from hfaug.retry import classify, is_transient
+
+    def raised(exc):  # with a traceback in this file: raised by hfaug's side, not a client library
+        try:
+            raise exc
+        except Exception as e:  # noqa: BLE001
+            return e
+
+    def http(status):
+        from yarl import URL
+
+        info = aiohttp.RequestInfo(URL("http://127.0.0.1/generate"), "POST", {}, URL("http://127.0.0.1/generate"))
+        return aiohttp.ClientResponseError(info, (), status=status, message="x")
+
+    assert all(is_transient(e) for e in (ConnectionResetError(), asyncio.TimeoutError(), http(503), http(500),
+                                         http(429), http(424), OverloadedError("Model is overloaded")))
+    assert not any(is_transient(e) for e in (http(422), http(404), ValidationError("Input validation error")))
+    assert classify(http(422)).reason == "http_422"
+    for bug in (TypeError("x"), KeyError("x"), ValueError("x"), IndexError("x"), AttributeError("x"), ZeroDivisionError()):
+        assert classify(raised(bug)) is None, bug
+    try:
+        json.loads('{"generated_text": "trunc')
+    except ValueError as e:  # a body cut short: the server's fault, sent again
+        assert classify(e).reason == "malformed" and is_transient(e)
+
+
+def test_a_bug_in_one_request_ends_the_requests_in_flight_too(tmp_path):
+    import asyncio
+
+    from hfaug.generate.backends import DummyBackend
+    from hfaug.generate.cache import RequestCache
+    from hfaug.generate.engine import run_requests, run_sync
+    from hfaug.prompts import Request
+
+    class Broken(DummyBackend):
+        finished = 0
+
+        async def agenerate(self, requests, params):
+            if requests[0].index == 3:
+                raise TypeError("injected")
+            await asyncio.sleep(0.2)
+            Broken.finished += 1
+            return await super().agenerate(requests, params)
+
+    requests = [Request("review", "positive", i, (("user", f"write {i}"),), i) for i in range(40)]
+
+    async def go(cache):
+        with pytest.raises(TypeError, match="injected"):
+            await run_requests(Broken("m", batch_size=1), requests, {}, cache=cache, concurrency=8, progress=False)
+        await asyncio.sleep(0.5)  # what is still running would finish (and go on) meanwhile
+
+    with RequestCache(tmp_path / "requests.sqlite") as cache:
+        run_sync(go(cache))
+    assert Broken.finished == 0  # the requests in flight were cancelled, not finished or sent on

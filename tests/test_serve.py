@@ -159,6 +159,32 @@ def test_nli_app_takes_a_premise_and_a_hypothesis(onnx_models):
         demo.close()
 
 
+def test_pair_task_of_its_own_takes_two_texts_from_its_info(onnx_models, tmp_path):
+    """A custom two-column task (not NLI's labels) shows two boxes when hfaug.json names its columns."""
+    import json
+
+    folder = tmp_path / "para"
+    shutil.copytree(onnx_models["nli"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {"0": "same", "1": "related", "2": "different"}
+    config["label2id"] = {v: int(k) for k, v in config["id2label"].items()}
+    (folder / "config.json").write_text(json.dumps(config))
+
+    def parameters() -> list[str]:
+        demo = build_demo(load_models({"para": str(folder)}))
+        try:
+            api = client(launch(demo, port=free_port())).view_api(return_format="dict", print_info=False)
+            return [p["parameter_name"] for p in api["named_endpoints"]["/predict"]["parameters"]]
+        finally:
+            demo.close()
+
+    assert parameters() == ["text", "model"]  # no hfaug.json: labels alone cannot tell
+    (folder / "hfaug.json").write_text(json.dumps({"name": "para", "task": "para",
+                                                   "labels": ["same", "related", "different"],
+                                                   "text_columns": ["first", "second"]}))
+    assert parameters() == ["premise", "hypothesis", "model"]
+
+
 def push_to_local_hub(folder: Path, repo_id: str, monkeypatch) -> str:
     """Upload ``folder`` as ``onnx/`` of a model repo on the test Hub; returns the server URL."""
     import huggingface_hub.constants as hf_constants
@@ -478,6 +504,7 @@ def test_swahili_run_space_offers_swahili_examples_metrics_and_repo_links(onnx_m
 
     # the Space as deployed: the student served from its model repo on the Hub
     models = load_models({"swahili": entry["repo_id"]})
+    assert models["swahili"].info["text_columns"] == ["premise", "hypothesis"]  # the Space's two boxes
     demo = build_demo(models)
     try:
         c = client(launch(demo, port=free_port()))

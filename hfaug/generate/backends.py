@@ -22,16 +22,18 @@ import asyncio
 import json
 import logging
 import random
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import HfaugError
+from ..extras import missing
 from ..prompts import Request
+from ..retry import classify, transient_status
+from .engine import run_requests, run_sync
+from .types import BackendBase, Generation, RequestError
+
+__all__ = ["Backend", "Generation", "RequestError", "make_backend"]
 
 logger = logging.getLogger(__name__)
-
-# 424 is TGI's "Request failed during generation" (a shard hiccup, an OOM on one batch): transient
-RETRYABLE_STATUS = {408, 424, 425, 429, 500, 502, 503, 504}
 
 #: chat formats for TGI's raw-prompt route (the Llama-2 chat format is the paper's model's)
 PROMPT_FORMATS = {
@@ -53,60 +55,12 @@ PROMPT_FORMATS = {
 }
 
 
-@dataclass
-class Generation:
-    """One generated text and what the server said about it."""
-
-    text: str
-    generated_tokens: int | None = None
-    finish_reason: str | None = None
-    endpoint: str | None = None
-    logprobs: list | None = None  # top tokens per step, when the server returns them
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-class RequestError(Exception):
-    """A request that failed. ``retryable`` errors (429, 503, timeouts, connection errors,
-    malformed bodies) are retried with backoff; the others (422 and the like) end the run."""
-
-    def __init__(self, message: str, *, retryable: bool, reason: str, status: int | None = None,
-                 retry_after: float | None = None):
-        super().__init__(message)
-        self.message = " ".join(str(message).split())
-        self.retryable = retryable
-        self.reason = reason
-        self.status = status
-        self.retry_after = retry_after  # seconds the server asked to wait (Retry-After)
-
-
-class Backend:
-    """The interface: ``agenerate`` one text per request; ``batch_size`` requests per call."""
-
-    name = "base"
-    batch_size = 1
-    #: the most requests worth having in flight (from the server's /info), None if unknown
-    max_concurrency: int | None = None
-
-    def __init__(self, model: str):
-        self.model = model
-        self.model_id = model  # recorded as gen_model
-
-    async def start(self) -> None:
-        """Open connections, read server info, load weights."""
-
-    async def close(self) -> None:
-        """Release what ``start`` opened."""
-
-    async def agenerate(self, requests: list[Request], params: dict[str, Any]) -> list[Generation]:
-        raise NotImplementedError
+class Backend(BackendBase):
+    """A backend with the plain synchronous call for notebooks."""
 
     def generate(self, prompts: list, **params) -> list[str]:
         """Generate one text per prompt (a string or a list of chat messages), synchronously.
         A ``seed`` parameter seeds the first prompt, the next gets seed + 1, and so on."""
-        from .engine import run_requests, run_sync
-
         seed = int(params.pop("seed", 0))
         requests = []
         for i, prompt in enumerate(prompts):
@@ -178,44 +132,28 @@ def _pooled_client_class():
 
 
 def classify_error(exc: BaseException) -> RequestError:
-    """Map what the client raised to a RequestError (retryable or not), keeping the server's
-    message. Unknown exceptions are bugs and are re-raised by the caller."""
-    import aiohttp
-    from huggingface_hub.errors import InferenceTimeoutError, OverloadedError, ValidationError
-
+    """Map what the client raised to a RequestError (retryable or not, by :func:`hfaug.retry.classify`),
+    keeping the server's message. Anything that is not a network or server failure is a bug and
+    is raised as it is."""
     if isinstance(exc, RequestError):
         return exc
-    if isinstance(exc, (InferenceTimeoutError, asyncio.TimeoutError, TimeoutError)):
-        return RequestError(f"timed out: {exc}", retryable=True, reason="timeout")
-    status, payload, headers = None, None, None
-    node: BaseException | None = exc
-    while node is not None and status is None:
-        status = getattr(node, "status", None)
-        payload = getattr(node, "response_error_payload", None)
-        headers = getattr(node, "headers", None)
-        node = node.__cause__ or node.__context__
-    retry_after = None
-    try:
-        retry_after = float(headers.get("Retry-After")) if headers and headers.get("Retry-After") else None
-    except (TypeError, ValueError):  # an HTTP date: fall back to the backoff
-        retry_after = None
+    failure = classify(exc)
+    if failure is None:
+        raise exc
+    if failure.status is None:
+        what = {"timeout": "timed out", "connection": "connection error", "malformed": "malformed response"}
+        text = str(exc) if failure.reason == "timeout" else repr(exc)
+        return RequestError(f"{what.get(failure.reason, failure.reason)}: {text}", retryable=failure.transient,
+                            reason=failure.reason)
     message = str(exc)
-    if isinstance(payload, dict) and payload.get("error"):
-        err = payload["error"]
-        message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-    if isinstance(exc, OverloadedError):
-        status = status or 429
-    if isinstance(exc, ValidationError):
-        status = status or 422
-    if status is not None:
-        return RequestError(f"HTTP {status}: {message}", retryable=status in RETRYABLE_STATUS,
-                            reason=f"http_{status}", status=status, retry_after=retry_after)
-    if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError, aiohttp.ClientPayloadError)):
-        return RequestError(f"connection error: {exc!r}", retryable=True, reason="connection")
-    if isinstance(exc, (json.JSONDecodeError, aiohttp.ContentTypeError, KeyError, IndexError, TypeError,
-                        ValueError)):
-        return RequestError(f"malformed response: {exc!r}", retryable=True, reason="malformed")
-    raise exc
+    for node in (exc, exc.__cause__, exc.__context__):
+        payload = getattr(node, "response_error_payload", None)
+        if isinstance(payload, dict) and payload.get("error"):
+            err = payload["error"]
+            message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+            break
+    return RequestError(f"HTTP {failure.status}: {message}", retryable=failure.transient,
+                        reason=failure.reason, status=failure.status, retry_after=failure.retry_after)
 
 
 #: hosts that are the Hub's own inference services: the Hub token is theirs
@@ -291,6 +229,8 @@ class _ServerBackend(Backend):
                     if r.status == 200:
                         self.info[url] = await r.json(content_type=None)
             except Exception as e:  # /info is optional (vLLM, SGLang, transformers serve lack it)
+                if classify(e) is None:  # not the server's answer or the network's failure: a bug
+                    raise
                 logger.debug("no /info at %s: %r", url, e)
         limits = [i.get("max_concurrent_requests") for i in self.info.values()]
         if self.info and all(isinstance(x, int) and x > 0 for x in limits) and len(self.info) == len(self.endpoints):
@@ -492,7 +432,7 @@ def _stream_error(err) -> RequestError:
         status = 500
     else:
         status = 500  # an unnamed failure mid-stream: sent again, like a 500
-    return RequestError(f"HTTP {status} (in stream): {message}", retryable=status in RETRYABLE_STATUS,
+    return RequestError(f"HTTP {status} (in stream): {message}", retryable=transient_status(status),
                         reason=f"http_{status}", status=status)
 
 
@@ -580,6 +520,8 @@ class OpenAIBackend(_ServerBackend):
                                          timeout=aiohttp.ClientTimeout(total=10)) as r:
                 return await r.json(content_type=None) if r.status == 200 else None
         except Exception as e:  # noqa: BLE001 -- an optional route: absent is an answer too
+            if classify(e) is None:  # not the server's answer or the network's failure: a bug
+                raise
             logger.debug("no %s: %r", url, e)
             return None
 
@@ -670,7 +612,7 @@ class OpenAIBackend(_ServerBackend):
                     wait = float(retry_after) if retry_after else None
                 except ValueError:
                     wait = None
-                raise RequestError(f"HTTP {status}: {message}", retryable=status in RETRYABLE_STATUS,
+                raise RequestError(f"HTTP {status}: {message}", retryable=transient_status(status),
                                    reason=f"http_{status}", status=status, retry_after=wait)
             for field_name in rejected:
                 self._warn_once(url, field_name, f"the server at {url} rejects '{field_name}' ({message[:160]}); "
@@ -768,8 +710,8 @@ class TransformersBackend(Backend):
         if self.adapter:
             try:
                 from peft import PeftModel
-            except ImportError:
-                raise HfaugError("generate: a LoRA adapter needs peft: pip install 'hfaug[generate]'") from None
+            except ImportError as e:
+                raise missing("generate: a LoRA adapter", e, prefer="generate") from None
             # merged once, so generation runs at the base model's speed
             self._model = PeftModel.from_pretrained(self._model, self.adapter).merge_and_unload()
         if self.device and not self.device_map:  # a device map has placed the weights already

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 
 from ..schema import is_blank
+from .near_dup import near_duplicates
+from .near_dup import normalised as _normalised
 
 _TAGS = re.compile(r"</?s>|\[/?INST\]|<</?SYS>>|<\|[a-zA-Z_]+\|>|^\s*(?:assistant|user|system)\s*:?\s*$",
                    re.IGNORECASE | re.MULTILINE)
@@ -169,10 +171,6 @@ def clean_text(text: str, config: CleanConfig | None = None, *, kind: str = "rev
     return t, None
 
 
-def _normalised(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split())
-
-
 def shingles(text: str, k: int = 5) -> set[str]:
     t = _normalised(text)
     if len(t) <= k:
@@ -200,8 +198,6 @@ def duplicates(texts: list[str], config: CleanConfig | None = None) -> dict[int,
             seen.add(key)
     if not c.near_duplicates:
         return drop
-    from .near_dup import near_duplicates
-
     for i in near_duplicates(texts, c.near_duplicate_threshold, skip=drop):
         drop[i] = "near_duplicate"
     return drop

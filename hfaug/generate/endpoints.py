@@ -21,6 +21,7 @@ import time
 from urllib.parse import urlsplit
 
 from ..errors import HfaugError
+from ..retry import classify
 
 #: what a server answers on: TGI's /info, OpenAI-compatible servers' /health and /v1/models
 PROBES = ("/info", "/health", "/v1/models")
@@ -69,7 +70,9 @@ async def check_endpoints(endpoints: list[str], *, timeout: float = 5.0, where: 
                 return failure[2] if failure else str(e)  # refused: the other routes cannot do better
             except asyncio.TimeoutError:
                 problem = f"no answer within {timeout:g} s"
-            except aiohttp.ClientError as e:
+            except Exception as e:  # noqa: BLE001 -- what the network did; anything else is a bug
+                if classify(e) is None:
+                    raise
                 problem = f"{type(e).__name__}: {e}"
         return problem
 

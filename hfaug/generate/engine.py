@@ -7,7 +7,9 @@ the run ends, error or not), so a killed run loses at most that last batch, whic
 A validation error (422 and the like) stops new requests, lets those in flight finish (and be
 cached), then ends the run with one line quoting the server. A request still failing after its
 retries is recorded as failed in the cache, never turned into an empty row, and the next run
-sends it again. When every recent request to every endpoint failed to connect, a circuit breaker
+sends it again. Only a server's or the network's failure (a :class:`RequestError`, classified by
+:mod:`hfaug.retry`) is retried or recorded; any other exception from a backend is a bug and ends
+the run at once with its traceback. When every recent request to every endpoint failed to connect, a circuit breaker
 (:mod:`.endpoints`) ends the run early, naming the URLs.
 
 Counts (sent, retries, failed, by reason) add up over every run that used the same cache, in
@@ -20,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import random
 import threading
 import time
 from collections import Counter
@@ -29,26 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json
 from ..prompts import Request
-from .backends import Backend, RequestError, classify_error
+from ..retry import RetryPolicy, aretrying
 from .cache import RequestCache, request_key
 from .endpoints import Breaker
+from .types import BackendBase, Generation, RequestError
+
+__all__ = ["Ledger", "Outcome", "RetryPolicy", "keys_for", "run_requests", "run_sync"]
 
 #: seconds of nothing but connection failures on every endpoint before a run stops
 UNREACHABLE_AFTER = 30.0
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RetryPolicy:
-    max_retries: int = 6
-    backoff: float = 1.0  # seconds before the first retry; doubles each time
-    backoff_max: float = 60.0
-
-    def delay(self, attempt: int) -> float:
-        # full jitter around the exponential step keeps many clients from retrying in lockstep
-        return min(self.backoff_max, self.backoff * (2 ** attempt)) * random.uniform(0.5, 1.5)
 
 
 @dataclass
@@ -126,16 +119,14 @@ class Ledger:
         if not force and time.monotonic() - self._saved < self.every:
             return
         self._saved = time.monotonic()
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(dict(sorted(self.totals(stats).items()))), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_json(self.path, dict(sorted(self.totals(stats).items())), indent=None)
 
 
 def keys_for(backend_model: str, requests: list[Request], params: dict) -> list[str]:
     return [request_key(backend_model, r.messages, params, r.seed) for r in requests]
 
 
-async def run_requests(backend: Backend, requests: list[Request], params: dict[str, Any], *,
+async def run_requests(backend: BackendBase, requests: list[Request], params: dict[str, Any], *,
                        cache: RequestCache | None, concurrency: int = 32, retry: RetryPolicy | None = None,
                        progress: bool = True, desc: str = "generate", cache_model: str | None = None,
                        unreachable_after: float = UNREACHABLE_AFTER) -> Outcome:
@@ -181,58 +172,56 @@ async def run_requests(backend: Backend, requests: list[Request], params: dict[s
         if ledger is not None:
             ledger.save(outcome.stats)
 
+    async def attempt(batch: list[tuple[str, Request]]) -> list[Generation]:
+        outcome.stats["sent"] += len(batch)
+        try:
+            gens = await backend.agenerate([r for _, r in batch], params)
+            if len(gens) != len(batch):
+                raise RequestError(f"backend returned {len(gens)} texts for {len(batch)} prompts",
+                                   retryable=False, reason="backend")
+        except RequestError as e:  # a server's or the network's failure; anything else is a bug
+            breaker.failed(e, e.reason)
+            if breaker.tripped and outcome.fatal is None:
+                outcome.fatal = RequestError(breaker.message(), retryable=False, reason="unreachable")
+                stop.set()  # wakes the requests waiting to retry: they end as failed
+            raise
+        breaker.alive()
+        return gens
+
     async def send(batch: list[tuple[str, Request]]) -> None:
-        attempt = 0
-        while True:
-            outcome.stats["sent"] += len(batch)
-            try:
-                gens = await backend.agenerate([r for _, r in batch], params)
-                if len(gens) != len(batch):
-                    raise RequestError(f"backend returned {len(gens)} texts for {len(batch)} prompts",
-                                       retryable=False, reason="backend")
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                err = classify_error(e)
-                breaker.failed(e, err.reason)
-                if breaker.tripped and outcome.fatal is None:
-                    outcome.fatal = RequestError(breaker.message(), retryable=False, reason="unreachable")
-                    stop.set()  # wakes the requests waiting to retry: they end as failed
-                if err.retryable and attempt < retry.max_retries and not stop.is_set():
-                    outcome.stats["retries"] += len(batch)
-                    outcome.stats[f"retry_{err.reason}"] += len(batch)
-                    postfix()
-                    wait = retry.delay(attempt)
-                    if err.retry_after:  # the server knows best when it will have room again
-                        wait = max(wait, min(err.retry_after, retry.backoff_max))
-                    try:
-                        await asyncio.wait_for(stop.wait(), wait)
-                    except asyncio.TimeoutError:
-                        pass
-                    attempt += 1
-                    continue
-                for key, _ in batch:
-                    outcome.failed[key] = err.message
-                    if cache is not None:
-                        cache.put_failed(key, err.message, attempt + 1)
-                outcome.stats["failed"] += len(batch)
-                outcome.stats[f"failed_{err.reason}"] += len(batch)
-                if not err.retryable and outcome.fatal is None:
-                    outcome.fatal = err
-                    stop.set()
-                postfix()
-                return
-            breaker.alive()
-            for (key, _), gen in zip(batch, gens):
-                result = gen.to_dict()
-                outcome.results[key] = result
+        tries = [1]
+
+        def on_retry(error, failure, attempt) -> None:
+            outcome.stats["retries"] += len(batch)
+            outcome.stats[f"retry_{failure.reason}"] += len(batch)
+            tries[0] += 1
+            postfix()
+
+        try:
+            # one line per retry at DEBUG: at scale they are counted (progress bar, ledger) instead
+            gens = await aretrying(lambda: attempt(batch), desc, retry, stop=stop, on_retry=on_retry,
+                                   log_level=logging.DEBUG, only=RequestError)
+        except RequestError as err:
+            for key, _ in batch:
+                outcome.failed[key] = err.message
                 if cache is not None:
-                    cache.put(key, result, attempt + 1)
-            if bar is not None:
-                bar.update(len(batch))
-            if ledger is not None:
-                ledger.save(outcome.stats)
+                    cache.put_failed(key, err.message, tries[0])
+            outcome.stats["failed"] += len(batch)
+            outcome.stats[f"failed_{err.reason}"] += len(batch)
+            if not err.retryable and outcome.fatal is None:
+                outcome.fatal = err
+                stop.set()
+            postfix()
             return
+        for (key, _), gen in zip(batch, gens):
+            result = gen.to_dict()
+            outcome.results[key] = result
+            if cache is not None:
+                cache.put(key, result, tries[0])
+        if bar is not None:
+            bar.update(len(batch))
+        if ledger is not None:
+            ledger.save(outcome.stats)
 
     async def worker() -> None:
         while not stop.is_set():
@@ -251,8 +240,16 @@ async def run_requests(backend: Backend, requests: list[Request], params: dict[s
             cache.flush()
 
     flusher = asyncio.ensure_future(committer()) if cache is not None else None
+    tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
     try:
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # a bug in one request (or an interrupt) ends them all before the cache is flushed and closed
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
     finally:
         if flusher is not None:
             flusher.cancel()

@@ -29,6 +29,7 @@ text: memory holds only the LSH index and one 1 KB signature per kept text, neve
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Iterator
 
 import numpy as np
@@ -47,6 +48,12 @@ _K = 5
 _POWERS = np.array([38 ** (_K - 1 - j) for j in range(_K)], dtype=np.uint32)
 
 
+def normalised(text: str) -> str:
+    """Lowercase letters, digits and single spaces: what exact and near duplicates compare (the
+    alphabet ``_DIGIT`` numbers)."""
+    return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split())
+
+
 def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
     """(bands, rows): the most rows per band whose banding still finds a pair at exactly the
     threshold with probability >= RECALL_AT_THRESHOLD."""
@@ -61,9 +68,7 @@ def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
 def gram_ids(text: str) -> np.ndarray:
     """Sorted unique integer ids of the character 5-grams of the normalised text (injective:
     equal ids <=> equal 5-grams), the same set as :func:`hfaug.generate.clean.shingles`."""
-    from .clean import _normalised
-
-    codes = _DIGIT[np.frombuffer(_normalised(text).encode("ascii"), dtype=np.uint8)]
+    codes = _DIGIT[np.frombuffer(normalised(text).encode("ascii"), dtype=np.uint8)]
     n = len(codes)
     if n <= _K:  # the whole (short) text is its one shingle
         return np.array([int(np.dot(codes.astype(np.uint64), 38 ** np.arange(n - 1, -1, -1, dtype=np.uint64)))
