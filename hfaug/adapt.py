@@ -37,6 +37,7 @@ from . import schema
 from .cards import adapter_card
 from .config import lazy_attributes, resolve
 from .errors import HfaugError, did_you_mean
+from .layout import ADAPT_JSON, ADAPTER_DIR, CARD, WORK_CHECKPOINTS, WORK_LOGS
 from .prompts import base_key, check_templates, instruction, templates_for
 from .runs import StageContext, StageResult, stable_hash, write_json_atomic
 from .training import quiet_progress
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ADAPTER = "adapter"
-ADAPT_JSON = "adapt.json"
 PAIRS = "pairs"
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-chat-hf"
 
@@ -388,7 +387,7 @@ def run(ctx: StageContext) -> StageResult:
     work = ctx.cache_dir / _work_key(ctx)
     args = _replace_dirs(config, work)
     generate = ctx.recipe.sections.get("generate")  # the requests the adapter will answer
-    result = adapt(source, args, task, ctx.out_dir / ADAPTER, seed=ctx.seed,
+    result = adapt(source, args, task, ctx.out_dir / ADAPTER_DIR, seed=ctx.seed,
                    templates=generate.templates if generate else None, domains=generate.domains if generate else None,
                    prompt_set=generate.prompt_set(task) if generate else "paper")
     lora = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
@@ -397,13 +396,13 @@ def run(ctx: StageContext) -> StageResult:
     card = adapter_card(base_model=config.model, task=task, lora=lora, metrics=result.metrics, rows=len(result.pairs),
                         data=data, description=ctx.recipe.run.description)
     if result.adapter_dir.is_dir():  # under `accelerate launch` only the main process saves
-        (result.adapter_dir / "README.md").write_text(card, encoding="utf-8")
+        (result.adapter_dir / CARD).write_text(card, encoding="utf-8")
     write_json_atomic(ctx.out_dir / ADAPT_JSON, {
-        "adapter": ADAPTER, "base_model": config.model, "base_model_path": resolve(config.model),
+        "adapter": ADAPTER_DIR, "base_model": config.model, "base_model_path": resolve(config.model),
         "task": task.name, "lora": lora, "metrics": result.metrics,
     })
     shutil.rmtree(work, ignore_errors=True)  # the adapter is saved; checkpoints only served resuming
-    hints = [f"adapter: {ctx.run.stage_dir(ctx.stage) / ADAPTER} (load with peft; serve with TGI --lora-adapters)"]
+    hints = [f"adapter: {ctx.run.stage_dir(ctx.stage) / ADAPTER_DIR} (load with peft; serve with TGI --lora-adapters)"]
     return StageResult(datasets={PAIRS: result.pairs}, dropped=result.dropped, rows_in=len(source),
                        metrics=result.metrics, extra={"next": hints})
 
@@ -412,6 +411,6 @@ def _replace_dirs(config, work: Path):
     import copy
 
     args = copy.deepcopy(config)
-    args.output_dir = str(work / "checkpoints")
-    args.logging_dir = str(work / "logs")
+    args.output_dir = str(work / WORK_CHECKPOINTS)
+    args.logging_dir = str(work / WORK_LOGS)
     return args

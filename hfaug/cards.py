@@ -16,24 +16,17 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import schema
 from .errors import HfaugError
+from .layout import CARD, CARD_DATA, REPO_FP32_FILE, REPO_INT8_FILE, REPO_ONNX_DIR
 
 if TYPE_CHECKING:
     import datasets
 
-    from .export import ExportConfig
     from .tasks import Task
 
-README = "README.md"
-#: a student's card data, beside its model (written by distill, read by publish-model)
-CARD_DATA = "card.json"
-#: the ONNX files of a model repo, under onnx/ with Optimum's names (publish-model's layout)
-ONNX_SUBFOLDER = "onnx"
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model_quantized.onnx"
 
 PAPER_CITATION = """@inproceedings{fazili-etal-2024-boosting,
   title = {Boosting Zero-Shot Crosslingual Performance using {LLM}-Based Augmentations with Effective Data Selection},
@@ -149,7 +142,7 @@ def model_card(data: ModelCardData) -> str:
         model_name=data.repo_id or data.title,
         base_model_is_hub=is_hub_id(data.base_model),
         hub_datasets=[d["path"] for d in data.datasets if is_hub_id(d.get("path"))],
-        onnx_file=ONNX_FILE, int8_file=INT8_FILE, onnx_subfolder=ONNX_SUBFOLDER,
+        onnx_file=REPO_FP32_FILE, int8_file=REPO_INT8_FILE, onnx_subfolder=REPO_ONNX_DIR,
     )
 
 
@@ -294,12 +287,22 @@ def release_section(tag: str, dataset: str | None, models: list[str]) -> str:
 
 
 
-def write_onnx_card(student: Path, folder: Path, *, name: str, variant: str, figures: dict, config: "ExportConfig",
+class ParityGate(Protocol):
+    """What an ONNX card states about the export (export.ExportConfig has it; cards imports no stage)."""
+
+    quantization: str
+    per_channel: bool
+    min_agreement: float
+    max_prob_diff: float
+    int8_max_prob_diff: float | None
+
+
+def write_onnx_card(student: Path, folder: Path, *, name: str, variant: str, figures: dict, config: ParityGate,
                rows_from: str, passed: bool) -> Path:
     """The student's card with an ONNX section (format, parity figures, usage) appended."""
     from .predict import read_labels
 
-    source = Path(student) / README
+    source = Path(student) / CARD
     text = source.read_text(encoding="utf-8") if source.is_file() else f"# {name}\n"
     text = _add_tags(text, ["onnx"] + (["int8"] if variant == "int8" else []))
     what = ("dynamically quantised to int8 with ONNX Runtime "
@@ -330,7 +333,7 @@ clf = OnnxClassifier("{folder.name}")
 clf.predict_proba(["..."])  # columns: {", ".join(read_labels(folder))}
 ```
 """
-    path = Path(folder) / README
+    path = Path(folder) / CARD
     path.write_text(text.rstrip("\n") + section, encoding="utf-8")
     return path
 

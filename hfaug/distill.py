@@ -40,10 +40,23 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import schema
 from .atomic import atomic_folder, write_text
-from .cards import CARD_DATA, ModelCardData, model_card
+from .cards import ModelCardData, model_card
 from .config import lazy_attributes
 from .errors import HfaugError, did_you_mean
 from .grid import BASELINE as BASELINE_NAME
+from .layout import (
+    CARD,
+    CARD_DATA,
+    FIGURES_DIR,
+    GRID_DIR,
+    GRID_MD,
+    METRICS_JSON,
+    RESULTS_DATASET,
+    STUDENTS_DIR,
+    WORK_CHECKPOINTS,
+    WORK_LOGS,
+    stage_cache_dir,
+)
 from .runs import StageContext, StageResult, stable_hash, write_json_atomic
 from .training import accuracy, load_for_fine_tuning, quiet_progress
 
@@ -59,12 +72,8 @@ logger = logging.getLogger(__name__)
 LOSS_FORMS = ("paper", "standard")
 LABEL_MODES = ("soft", "hard", "prompt")
 IS_GOLD = "is_gold"  # training-only column: 1 for a source (gold) row, 0 for a synthetic row
-STUDENTS = "students"
-METRICS_JSON = "metrics.json"
 DEFAULT_OUTPUT_DIR = "distill_output"
 _DONE = "done.json"
-RESULTS = "grid"  # results.md, results.json and figures/ of the experiment grid
-RESULTS_DATASET = "results"  # the aggregated results as a dataset (distill/results/)
 CACHE_KEY = "cache_key"  # in metrics.json: the student's key, so a later run can reuse it
 _EVALUATED = ("test", "note", "subset", CACHE_KEY)  # metrics.json keys written after training
 _SUBSET_NAME = re.compile(r"^(?P<lang>[A-Za-z_]+)-(?P<strategy>[a-z_]+?)(?:-(?P<budget>\d+))?$")
@@ -716,7 +725,7 @@ def _train(ctx: StageContext, student: "Student", gold_train, gold_dev, syntheti
     if (work / _DONE).is_file():
         logger.info("distill: student '%s' already trained (cache), reused", student.name)
         return student_dir, json.loads((work / _DONE).read_text(encoding="utf-8")), False
-    previous = ctx.run.stage_dir(ctx.stage) / STUDENTS / student.name
+    previous = ctx.run.stage_dir(ctx.stage) / STUDENTS_DIR / student.name
     saved = json.loads((previous / METRICS_JSON).read_text(encoding="utf-8")) \
         if (previous / METRICS_JSON).is_file() else {}
     if saved.get(CACHE_KEY) == key:
@@ -730,7 +739,7 @@ def _train(ctx: StageContext, student: "Student", gold_train, gold_dev, syntheti
         return student_dir, trained, False
     logger.info("distill: training student '%s' (seed %d) on %d gold + %d synthetic rows", student.name,
                 student.seed, len(gold_train), len(synthetic) if synthetic is not None else 0)
-    args = dataclasses.replace(ctx.config, output_dir=str(work / "checkpoints"), logging_dir=str(work / "logs"),
+    args = dataclasses.replace(ctx.config, output_dir=str(work / WORK_CHECKPOINTS), logging_dir=str(work / WORK_LOGS),
                                seed=student.seed)
     result = distill(gold_train, synthetic, args, ctx.task, dev=gold_dev, seed=student.seed)
     # a student folder without done.json is a killed attempt's leftovers: replaced; with it, another
@@ -738,7 +747,7 @@ def _train(ctx: StageContext, student: "Student", gold_train, gold_dev, syntheti
     with atomic_folder(student_dir, replace=not (work / _DONE).is_file()) as aside:
         result.save(aside)
     write_json_atomic(work / _DONE, result.metrics)
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)  # the best is saved; free the disk
+    shutil.rmtree(work / WORK_CHECKPOINTS, ignore_errors=True)  # the best is saved; free the disk
     return student_dir, result.metrics, True
 
 
@@ -771,7 +780,7 @@ def train_shard(run, index: int, count: int) -> str:
         gold = _student_gold(ctx, student, subsets, (gold_train, gold_dev, ""), golds)
         trained += _train(ctx, student, gold[0], gold[1], synthetic)[2]
     return (f"distill shard {index}/{count}: {len(mine)} of {len(students)} students "
-            f"({trained} trained, {len(mine) - trained} already in the cache) in {run.root / 'cache' / 'distill'}\n"
+            f"({trained} trained, {len(mine) - trained} already in the cache) in {stage_cache_dir(run.root, 'distill')}\n"
             f"next: when every shard has finished, `hfaug distill --config {run.recipe.ref}` (or `hfaug run`) "
             "collects the students and aggregates the results")
 
@@ -783,7 +792,7 @@ def _records(student: "Student", info: dict, metrics: dict, setting: str) -> lis
 
     strategy = BASELINE if student.is_baseline else str(info.get("strategy") or "")
     try:
-        from .select import canonical_strategy
+        from .strategies import canonical_strategy
 
         strategy = canonical_strategy(strategy) if strategy != BASELINE else strategy
     except HfaugError:
@@ -853,39 +862,40 @@ def run(ctx: StageContext) -> StageResult:
     rows = R.aggregate(records, predictions=predictions,
                        gold={key: list(schema.label_ids(data, task, f"test set {key}")) for key, data in test_sets.items()},
                        seed=ctx.seed)
-    out = R.write(rows, ctx.out_dir / RESULTS, default_budget=_default_budget(ctx),
+    out = R.write(rows, ctx.out_dir / GRID_DIR, default_budget=_default_budget(ctx),
                   title=f"Results of {ctx.recipe.run.name} ({task.name})")
     figures = [out["budgets"], out["strategies"]]
     is_grid = len(students) > 1  # a lone student's card has nothing to compare it with
     for name, student_dir in finished.items():
         if is_grid:
-            (student_dir / "figures").mkdir(exist_ok=True)
+            (student_dir / FIGURES_DIR).mkdir(exist_ok=True)
             for figure in figures:  # a model repo shows only images it holds
-                (student_dir / "figures" / figure.name).unlink(missing_ok=True)  # maybe a link: never write through
-                shutil.copy2(figure, student_dir / "figures" / figure.name)
+                (student_dir / FIGURES_DIR / figure.name).unlink(missing_ok=True)  # maybe a link: never write through
+                shutil.copy2(figure, student_dir / FIGURES_DIR / figure.name)
         write_json_atomic(student_dir / METRICS_JSON, saved[name])
-        grid = {"figures": [f"figures/{f.name}" for f in figures], "students": len(students),
+        grid = {"figures": [f"{FIGURES_DIR}/{f.name}" for f in figures], "students": len(students),
                 "seed": saved[name].get("seed"), "table": R.markdown(rows)} if is_grid else None
         card = _card_data(ctx, infos[name], saved[name], saved[name].get("note"), gold_descs[name], grid=grid,
                           name=name)
         # publish-model renders the card again from card.json once the repo id and the tag are known;
         # through new files: README.md may be a hard link into the previous stage folder
         write_text(student_dir / CARD_DATA, card.to_json())
-        write_text(student_dir / "README.md", model_card(card))
+        write_text(student_dir / CARD, model_card(card))
 
     # moved only once every student is trained, so a killed stage keeps them all in the cache
     for name, student_dir in finished.items():
-        target = ctx.out_dir / STUDENTS / name
+        target = ctx.out_dir / STUDENTS_DIR / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(student_dir), str(target))
         shutil.rmtree(student_dir.parent, ignore_errors=True)
     final = ctx.run.root / ctx.stage
-    hints = [f"students: {final / STUDENTS}/<name>/ (model, tokenizer, README.md, metrics.json)",
-             f"results: {final / RESULTS / 'results.md'} (dataset: {final / RESULTS_DATASET})",
-             f"figures: {final / RESULTS / 'figures' / R.FIGURE_BUDGETS}, {final / RESULTS / 'figures' / R.FIGURE_STRATEGIES}"]
+    hints = [f"students: {final / STUDENTS_DIR}/<name>/ (model, tokenizer, README.md, metrics.json)",
+             f"results: {final / GRID_DIR / GRID_MD} (dataset: {final / RESULTS_DATASET})",
+             f"figures: {final / GRID_DIR / FIGURES_DIR / R.FIGURE_BUDGETS}, "
+             f"{final / GRID_DIR / FIGURES_DIR / R.FIGURE_STRATEGIES}"]
     gold_rows = sum(len(g[0]) for g in golds.values()) if golds else len(gold_train)
     return StageResult(datasets={RESULTS_DATASET: R.to_dataset(rows)}, dropped=dropped,
                        rows_in=gold_rows + sum(len(d) for d in subsets.values()),
                        metrics=metrics, extra={"next": hints, "students": sorted(finished),
                                                "trained": trained, "reused": len(students) - trained,
-                                               "figures": [str(final / RESULTS / "figures" / f.name) for f in figures]})
+                                               "figures": [str(final / GRID_DIR / FIGURES_DIR / f.name) for f in figures]})

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import HfaugError
+from .layout import BEST_DIR, EVAL_JSON, EVAL_MD, EXPORT_DIRS, MODEL_CONFIG, export_dirs, student_dirs
 from .loading import DataSpec
 from .runs import Run, StageContext, StageResult, write_json_atomic
 
@@ -85,18 +86,18 @@ def discover_models(run: Run) -> dict[str, tuple[Path, int | None]]:
     """name -> (folder, training max length) of every model the run has produced so far."""
     found: dict[str, tuple[Path, int | None]] = {}
     if run.manifest("teacher") is not None:
-        best = run.stage_dir("teacher") / "best"
-        if (best / "config.json").is_file():
+        best = run.stage_dir("teacher") / BEST_DIR
+        if (best / MODEL_CONFIG).is_file():
             found["teacher"] = (best, _stage_max_length(run, "teacher"))
     if run.manifest("distill") is not None:
         length = _stage_max_length(run, "distill")
-        for folder in sorted((run.stage_dir("distill") / "students").glob("*/config.json")):
-            found[f"student/{folder.parent.name}"] = (folder.parent, length)
+        for name, folder in student_dirs(run.stage_dir("distill")).items():
+            found[f"student/{name}"] = (folder, length)
     if run.manifest("export") is not None:
         length = _stage_max_length(run, "export")
-        for kind in ("onnx", "int8"):
-            for folder in sorted((run.stage_dir("export") / kind).glob("*/model.onnx")):
-                found[f"{kind}/{folder.parent.name}"] = (folder.parent, length)
+        for kind in EXPORT_DIRS:
+            for name, folder in export_dirs(run.stage_dir("export"), kind).items():
+                found[f"{kind}/{name}"] = (folder, length)
     return found
 
 
@@ -165,15 +166,15 @@ def run(ctx: StageContext) -> StageResult:
         "models": {name: str(path) for name, (path, _) in models.items()},
         "results": results,
     }
-    write_json_atomic(ctx.out_dir / "metrics.json", report)
-    (ctx.out_dir / "metrics.md").write_text(f"# Zero-shot results ({task.name})\n\n" + table, encoding="utf-8")
+    write_json_atomic(ctx.out_dir / EVAL_JSON, report)
+    (ctx.out_dir / EVAL_MD).write_text(f"# Zero-shot results ({task.name})\n\n" + table, encoding="utf-8")
     for line in table.splitlines():
         logger.info("evaluate: %s", line)
     metrics = {model: {key: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for key, r in per_set.items()}
                for model, per_set in results.items()}
     return StageResult(dropped=dropped, rows_in=sum(len(d) for d in test_sets.values()) + sum(dropped.values()),
                        metrics=metrics,
-                       extra={"next": [f"results: {ctx.run.stage_dir(ctx.stage) / 'metrics.md'}"],
+                       extra={"next": [f"results: {ctx.run.stage_dir(ctx.stage) / EVAL_MD}"],
                               # each test set's label counts: the chance level of the health checks
                               "labels": {key: dict(Counter(task.labels[i] for i in data["label"]))
                                          for key, data in test_sets.items()}})

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 from .cards import write_onnx_card
 from .errors import HfaugError, did_you_mean
 from .extras import missing
+from .layout import EXPORT_DIRS, INT8_DIR, ONNX_DIR, ONNX_FILE, STUDENTS_DIR, student_dirs
 from .runs import StageContext, StageResult
 from .space_info import student_info, write_info
 
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ONNX_DIR = "onnx"  # fp32 exports, one folder per student
-INT8_DIR = "int8"  # dynamically quantised exports
-STUDENTS_DIR = "students"  # where distill writes its students
 
 
 @dataclass
@@ -112,7 +110,7 @@ def quantize_onnx(onnx_dir: str | Path, out_dir: str | Path, quantization: str =
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     preset = getattr(AutoQuantizationConfig, quantization)
     qconfig = preset(is_static=False, per_channel=per_channel)
-    quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name="model.onnx")
+    quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name=ONNX_FILE)
     quantizer.quantize(qconfig, save_dir=out_dir, file_suffix=None)  # keeps the name model.onnx
     for item in onnx_dir.iterdir():  # tokenizer and config travel with the model
         # not the fp32 graph's external data (model.onnx_data, GBs): the int8 model is one file
@@ -260,7 +258,7 @@ def gate_hint(failed: dict[str, float | None], figures: dict, config: ExportConf
 def find_students(distill_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
     """Student folders written by distill (``students/<name>/config.json``), by name."""
     root = Path(distill_dir) / STUDENTS_DIR
-    found = {p.parent.name: p.parent for p in sorted(root.glob("*/config.json"))}
+    found = student_dirs(distill_dir)
     if not found:
         raise HfaugError(f"export: no students in {root} (expected <name>/config.json folders written by "
                          "the distill stage); run `hfaug distill` first")
@@ -303,7 +301,7 @@ def run(ctx: StageContext) -> StageResult:
         metrics[name] = export(folder, ctx.out_dir, config, texts=texts, pairs=pairs, name=name, rows_from=rows_from)
         # what the Space shows about the student (languages, examples, metrics), beside each ONNX model
         info = student_info(ctx.run, name)
-        for kind in (ONNX_DIR, INT8_DIR):
+        for kind in EXPORT_DIRS:
             if (ctx.out_dir / kind / name).is_dir():
                 write_info(ctx.out_dir / kind / name, info)
     variant = INT8_DIR if config.quantize else ONNX_DIR

@@ -83,7 +83,7 @@ def shard(students: list[Student], index: int, count: int) -> list[Student]:
 def planned_subsets(recipe: "Recipe", run: "Run | None" = None) -> list[str]:
     """The select outputs the distill stage will train on: ``distill.subsets``, the select stage's
     outputs when it has run, else what the select and translate sections will produce."""
-    from .select import STRATEGIES, canonical_strategy
+    from .strategies import ALL, canonical_strategy, subset_name
 
     config = recipe.sections["distill"]
     if config.subsets:
@@ -103,10 +103,10 @@ def planned_subsets(recipe: "Recipe", run: "Run | None" = None) -> list[str]:
     out = []
     for lang in langs:
         for strategy in strategies:
-            if strategy == "all":
-                out.append(f"{lang}-all")
+            if strategy == ALL:
+                out.append(subset_name(lang, strategy))
             else:
-                out += [f"{lang}-{STRATEGIES[strategy]}-{k}" for k in budgets]
+                out += [subset_name(lang, strategy, k) for k in budgets]
     return out
 
 

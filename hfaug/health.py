@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import HfaugError
+from .layout import EXPORT_DIRS
 
 if TYPE_CHECKING:
     from .runs import Run
@@ -118,7 +119,7 @@ def _baselines(run: "Run", results: dict) -> dict[str, str]:
 def check_evaluate(manifest: dict, task: "Task", run: "Run") -> list[str]:
     results = manifest.get("metrics") or {}
     counts = (manifest.get("extra") or {}).get("labels") or {}
-    students = [m for m in results if m.split("/")[0] in ("student", "onnx", "int8")]
+    students = [m for m in results if m.split("/")[0] in ("student", *EXPORT_DIRS)]
     baselines = _baselines(run, results)
     at_chance, below = [], []
     for model in students:

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import HfaugError, HubError
+from .layout import RECIPE_FILE
 from .retry import RetryPolicy, is_network_error, retrying
 from .retry import is_transient as _transient
 
 logger = logging.getLogger(__name__)
 
-#: the resolved recipe in a published dataset repo (``hfaug reproduce`` downloads it)
-RECIPE_FILE = "recipe.yaml"
 #: recipe keys whose values are never written anywhere (an API key slipped into a recipe)
 SECRET_KEY_RE = re.compile(
     r"(^|_)(token|secret|password|passwd|api_?key|auth|authorization|credentials?)($|_)", re.I)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from . import schema
 from .errors import HfaugError
 from .extras import missing
+from .layout import ONNX_FILE
 
 if TYPE_CHECKING:
     import datasets
@@ -122,7 +123,7 @@ def load_classifier(path, **kw):
     from .config import resolve
 
     folder = Path(str(resolve(str(path))))
-    if folder.is_dir() and (folder / "model.onnx").is_file():
+    if folder.is_dir() and (folder / ONNX_FILE).is_file():
         try:
             from .predict import OnnxClassifier
         except ImportError as e:

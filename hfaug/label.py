@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from . import schema
 from .atomic import save_npy
 from .errors import HfaugError
+from .layout import BEST_DIR, TEACHER_JSON, checkpoint_dirs, read_teacher
 from .runs import StageContext, StageResult, stable_hash
 
 if TYPE_CHECKING:
@@ -78,7 +79,6 @@ class TeacherModels:
 def find_teacher(config: LabelConfig, run_teacher: str | Path | None = None) -> TeacherModels:
     """Resolve ``config.teacher`` (or the run's teacher folder) into models and a max length."""
     from .config import resolve
-    from .teacher import BEST, TEACHER_JSON, checkpoint_dirs, read_teacher
 
     ref = config.teacher if config.teacher else (str(run_teacher) if run_teacher else None)
     if ref is None:
@@ -94,7 +94,7 @@ def find_teacher(config: LabelConfig, run_teacher: str | Path | None = None) -> 
                            config.max_length, info["max_length"])
         if config.checkpoints:
             checkpoints = [resolve(c) for c in config.checkpoints]
-        return TeacherModels(str(Path(path) / BEST), checkpoints, max_length)
+        return TeacherModels(str(Path(path) / BEST_DIR), checkpoints, max_length)
     if config.dynamics and not config.checkpoints:
         raise HfaugError(f"label.dynamics needs the teacher's epoch checkpoints: '{ref}' is not a teacher folder "
                          "(no teacher.json); point label.teacher at one or list label.checkpoints")

@@ -197,7 +197,8 @@ def reproduce(repo: str, revision: str = "main", output_dir: str | Path | None =
     import yaml
 
     from .config import load_recipe
-    from .hub import RECIPE_FILE, download_recipe
+    from .hub import download_recipe
+    from .layout import RECIPE_FILE
 
     if Path(repo).is_dir():
         path = Path(repo) / RECIPE_FILE

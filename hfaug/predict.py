@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from .extras import install_hint
+from .layout import ONNX_FILE
 
 logger = logging.getLogger(__name__)
-
-ONNX_FILE = "model.onnx"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -46,10 +46,6 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import schema
 from .atomic import atomic_folder, write_json
 from .cards import (
-    CARD_DATA,
-    INT8_FILE,
-    ONNX_SUBFOLDER,
-    README,
     ModelCardData,
     OnnxExport,
     dataset_card,
@@ -58,7 +54,25 @@ from .cards import (
     release_section,
 )
 from .errors import HfaugError, HubError
-from .hub import RECIPE_FILE, HubRepo, hub_endpoint, hub_token, known_secrets, next_tag, redact
+from .hub import HubRepo, hub_endpoint, hub_token, known_secrets, next_tag, redact
+from .layout import (
+    CARD,
+    CARD_DATA,
+    EXPORT_DIRS,
+    FIGURES_DIR,
+    GRID_DIR,
+    HUB_LAYOUT_DIR,
+    MANIFEST,
+    ONNX_FILE,
+    RECIPE_FILE,
+    RELEASE_DATASET_DIR,
+    RELEASE_FILE,
+    REPO_INT8_FILE,
+    REPO_ONNX_DIR,
+    export_dirs,
+    student_dirs,
+    student_metrics_path,
+)
 from .runs import StageContext, StageResult
 from .space_info import student_info, write_info
 
@@ -79,7 +93,6 @@ def candidates_config(setting: str) -> str:
     return TRANSLATED_CANDIDATES_CONFIG if setting == "translated-teacher" else CANDIDATES_CONFIG
 SOURCE_CONFIG = "source-translated"
 SCRIPT_FILE = "reproduce.py"
-LAYOUT_DIR = "hub-layout"
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # parquet shards stay well under the Hub's recommended file size
 REPO_ID_RE = re.compile(r"^[\w.\-]{1,96}/[\w.\-]{1,96}$")
 TAG_RE = re.compile(r"^[\w.\-]{1,64}$")
@@ -311,24 +324,24 @@ def build_layout(ctx: StageContext, folder: Path, *, repo_id: str | None, tag: s
     folder.mkdir(parents=True, exist_ok=True)
     files = write_data(configs, folder)
     figures = []
-    select_dir = ctx.run.stage_dir("select") / "figures"
-    grid_dir = ctx.run.stage_dir("distill") / "grid" / "figures"  # the experiment grid, when it has run
+    select_dir = ctx.run.stage_dir("select") / FIGURES_DIR
+    grid_dir = ctx.run.stage_dir("distill") / GRID_DIR / FIGURES_DIR  # the experiment grid, when it has run
     for source_dir in (select_dir, grid_dir):
         for png in sorted(source_dir.glob("*.png")) if source_dir.is_dir() else ():
-            (folder / "figures").mkdir(exist_ok=True)
-            shutil.copy2(png, folder / "figures" / png.name)
-            figures.append(f"figures/{png.name}")
+            (folder / FIGURES_DIR).mkdir(exist_ok=True)
+            shutil.copy2(png, folder / FIGURES_DIR / png.name)
+            figures.append(f"{FIGURES_DIR}/{png.name}")
     # the data maps lead; the histograms follow
     figures.sort(key=lambda f: (0 if "datamap" in f or "data_map" in f else 1, f))
     (folder / RECIPE_FILE).write_text(recipe_yaml(ctx), encoding="utf-8")
     (folder / SCRIPT_FILE).write_text(reproduce_script(), encoding="utf-8")
     pretty = config.pretty_name or f"hfaug {ctx.recipe.run.name} ({ctx.task.name})"
-    local_path = str(config.local_dir or ctx.run.stage_dir(ctx.stage) / LAYOUT_DIR)
+    local_path = str(config.local_dir or ctx.run.stage_dir(ctx.stage) / HUB_LAYOUT_DIR)
     card = dataset_card(configs, files, ctx.task, license=config.license, pretty_name=pretty,
                         description=ctx.recipe.run.description, provenance=provenance(ctx, configs),
                         figures=figures, repo_id=repo_id, revision=tag, local_path=None if repo_id else local_path,
                         recipe_file=RECIPE_FILE, script_file=SCRIPT_FILE)
-    (folder / "README.md").write_text(scrub(card, ctx), encoding="utf-8")
+    (folder / CARD).write_text(scrub(card, ctx), encoding="utf-8")
     return {name: {split: len(ds) for split, ds in splits.items()} for name, splits in configs.items()}
 
 
@@ -350,7 +363,7 @@ def _write_local(folder: Path, target: Path) -> None:
     target = target.resolve()
     if target == folder.resolve():
         return
-    if target.exists() and not (target / "README.md").exists() and any(target.iterdir()):
+    if target.exists() and not (target / CARD).exists() and any(target.iterdir()):
         raise HfaugError(f"publish.local_dir {target} exists and is not an hfaug layout; choose an empty folder")
     with atomic_folder(target) as tmp:
         shutil.copytree(folder, tmp, dirs_exist_ok=True)
@@ -376,12 +389,12 @@ def run(ctx: StageContext) -> StageResult:
         publisher = HubRepo(config.repo_id, "dataset", token=token, private=config.private,
                               retries=config.retries, retry_wait=config.retry_wait)
         tag = publisher.prepare(config.tag)
-    folder = ctx.out_dir / LAYOUT_DIR
+    folder = ctx.out_dir / HUB_LAYOUT_DIR
     counts = build_layout(ctx, folder, repo_id=config.repo_id if push else None, tag=tag)
     if config.local_dir is not None:
         _write_local(folder, Path(config.local_dir))
     metrics: dict[str, Any] = {"configs": {n: sum(s.values()) for n, s in counts.items()}}
-    where = str(Path(config.local_dir) if config.local_dir else ctx.run.stage_dir(ctx.stage) / LAYOUT_DIR)
+    where = str(Path(config.local_dir) if config.local_dir else ctx.run.stage_dir(ctx.stage) / HUB_LAYOUT_DIR)
     hints = []
     if publisher is not None:
         sha = publisher.push(folder, tag, scrub(config.commit_message or f"hfaug publish {tag}", ctx))
@@ -404,22 +417,16 @@ def run(ctx: StageContext) -> StageResult:
 def students(ctx: StageContext) -> dict[str, dict[str, Path]]:
     """{name: {"model": folder, "onnx": folder or absent}} from distill's students/ and export's onnx/."""
     found: dict[str, dict[str, Path]] = {}
-    root = ctx.run.stage_dir("distill") / "students"
-    if ctx.run.manifest("distill") is not None and root.is_dir():
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()):
-            found[folder.name] = {"model": folder}
+    if ctx.run.manifest("distill") is not None:
+        for name, folder in student_dirs(ctx.run.stage_dir("distill")).items():
+            found[name] = {"model": folder}
     if ctx.run.manifest("export") is not None:
         # fp32 exports in onnx/<name>/, int8 ones in int8/<name>/ (both optional)
-        for kind in ("onnx", "int8"):
-            root_dir = ctx.run.stage_dir("export") / kind
-            if not root_dir.is_dir():
-                continue
-            for folder in sorted(p for p in root_dir.iterdir() if p.is_dir() and any(p.glob("*.onnx"))):
-                if folder.name in found:
-                    found[folder.name][kind] = folder
+        for kind in EXPORT_DIRS:
+            for name, folder in export_dirs(ctx.run.stage_dir("export"), kind).items():
+                if name in found:
+                    found[name][kind] = folder
     return found
-
-
 
 
 def model_layout(parts: dict[str, Path], folder: Path) -> Path:
@@ -434,14 +441,14 @@ def model_layout(parts: dict[str, Path], folder: Path) -> Path:
         onnx/hfaug.json                 the Space's examples, metrics and repo links (publish-model)
     """
     shutil.copytree(parts["model"], folder, ignore=shutil.ignore_patterns(CARD_DATA))  # the card is rendered
-    onnx = folder / ONNX_SUBFOLDER
+    onnx = folder / REPO_ONNX_DIR
     if "onnx" in parts:
         shutil.copytree(parts["onnx"], onnx, dirs_exist_ok=True)
     if "int8" in parts:
         onnx.mkdir(exist_ok=True)
-        source = parts["int8"] / "model.onnx"
+        source = parts["int8"] / ONNX_FILE
         if source.is_file():
-            shutil.copy2(source, onnx / INT8_FILE)
+            shutil.copy2(source, onnx / REPO_INT8_FILE)
         for item in parts["int8"].iterdir():
             # config and tokenizer when there is no fp32 export; never the fp32 graph's external data
             if (item.is_file() and item.suffix != ".onnx" and not item.name.endswith(("_data", ".data"))
@@ -456,8 +463,8 @@ def card_data_from_run(ctx: StageContext, name: str, dataset: tuple[str, str] | 
     import json
 
     distill = _section(ctx, "distill")
-    folder = ctx.run.stage_dir("distill") / "students" / name
-    saved = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    path = student_metrics_path(ctx.run.stage_dir("distill"), name)
+    saved = json.loads(path.read_text()) if path.is_file() else {}
     test = saved.get("test") if isinstance(saved.get("test"), dict) else {}
     published = (ctx.run.manifest("publish") or {}).get("metrics") or {}
     if dataset is not None:
@@ -503,7 +510,6 @@ def releases_students(ctx: StageContext) -> bool:
     return bool(config.models and ctx.recipe.has("distill"))
 
 
-RELEASE_FILE = "release.json"
 
 
 @dataclass
@@ -525,8 +531,6 @@ def release(ctx: StageContext, targets: list[Target], token: str) -> tuple[str, 
     never "unchanged, skipped".
     """
     import json
-
-    from .runs import MANIFEST
 
     config: PublishConfig = ctx.config
     publishers = {t.repo_id: HubRepo(t.repo_id, t.repo_type, token=token, private=config.private,
@@ -589,30 +593,30 @@ def run_models(ctx: StageContext) -> StageResult:
 
     def build_student(name: str, tag: str | None) -> Path:
         parts = found[name]
-        folder = ctx.out_dir / LAYOUT_DIR / name
+        folder = ctx.out_dir / HUB_LAYOUT_DIR / name
         if folder.exists():
             shutil.rmtree(folder)
         model_layout(parts, folder)
-        if (folder / ONNX_SUBFOLDER).is_dir():  # what the Space shows: examples, metrics, this repo and the dataset's
+        if (folder / REPO_ONNX_DIR).is_dir():  # what the Space shows: examples, metrics, this repo and the dataset's
             info = student_info(ctx.run, name, model_repo=repos[name], dataset_repo=dataset,
                                 revision=tag if dataset else None)
             if tag is not None:
                 info["model_revision"] = tag
-            path = write_info(folder / ONNX_SUBFOLDER, info)
+            path = write_info(folder / REPO_ONNX_DIR, info)
             path.write_text(scrub(path.read_text(encoding="utf-8"), ctx), encoding="utf-8")  # no secret in a repo
         card = student_card(ctx, name, parts, repo_id=repos[name], revision=tag,
                             dataset=(dataset, tag) if dataset else None)
         if tag is not None:
             card = card.rstrip("\n") + release_section(tag, dataset, [r for n, r in repos.items() if n != name])
-        (folder / README).write_text(scrub(card, ctx), encoding="utf-8")
+        (folder / CARD).write_text(scrub(card, ctx), encoding="utf-8")
         return folder
 
     def build_dataset(tag: str) -> Path:
-        folder = ctx.out_dir / "dataset"
+        folder = ctx.out_dir / RELEASE_DATASET_DIR
         if folder.exists():
             shutil.rmtree(folder)
         build_layout(ctx, folder, repo_id=dataset, tag=tag)
-        card = folder / "README.md"
+        card = folder / CARD
         card.write_text(scrub(card.read_text(encoding="utf-8").rstrip("\n") + release_section(tag, None, list(repos.values())), ctx),
                         encoding="utf-8")
         return folder
@@ -626,7 +630,7 @@ def run_models(ctx: StageContext) -> StageResult:
         tag, commits = release(ctx, targets, token)
     for name, parts in found.items():
         folder = build_student(name, tag)  # the local copy, as pushed (or as it would be)
-        entry: dict[str, Any] = {"local_dir": str(ctx.run.stage_dir(ctx.stage) / LAYOUT_DIR / name),
+        entry: dict[str, Any] = {"local_dir": str(ctx.run.stage_dir(ctx.stage) / HUB_LAYOUT_DIR / name),
                                  "onnx": "onnx" in parts, "int8": "int8" in parts}
         if config.local_dir is not None:
             target = Path(config.local_dir).with_name(f"{Path(config.local_dir).name}-{name}")

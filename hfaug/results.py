@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .grid import BASELINE
+from .layout import FIGURES_DIR, GRID_JSON, GRID_MD
 
 if TYPE_CHECKING:
     import datasets
@@ -292,11 +293,11 @@ def write(rows: list[dict[str, Any]], folder: Path, *, default_budget: int | Non
     import json
 
     folder = Path(folder)
-    (folder / "figures").mkdir(parents=True, exist_ok=True)
-    paths = {"budgets": plot_budgets(rows, folder / "figures" / FIGURE_BUDGETS),
-             "strategies": plot_strategies(rows, folder / "figures" / FIGURE_STRATEGIES, default_budget)}
-    figures = [f"figures/{p.name}" for p in paths.values()]
-    (folder / "results.md").write_text(f"# {title}\n\n" + markdown(rows, figures), encoding="utf-8")
-    (folder / "results.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    paths.update(markdown=folder / "results.md", json=folder / "results.json")
+    (folder / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
+    paths = {"budgets": plot_budgets(rows, folder / FIGURES_DIR / FIGURE_BUDGETS),
+             "strategies": plot_strategies(rows, folder / FIGURES_DIR / FIGURE_STRATEGIES, default_budget)}
+    figures = [f"{FIGURES_DIR}/{p.name}" for p in paths.values()]
+    (folder / GRID_MD).write_text(f"# {title}\n\n" + markdown(rows, figures), encoding="utf-8")
+    (folder / GRID_JSON).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    paths.update(markdown=folder / GRID_MD, json=folder / GRID_JSON)
     return paths

@@ -1,6 +1,6 @@
 """Run directories, manifests, skip-if-unchanged and atomic writes.
 
-A run lives in ``<output_dir>/<name>/``::
+A run lives in ``<output_dir>/<name>/`` (every stage's files: :mod:`hfaug.layout`)::
 
     recipe.yaml              the resolved recipe of the last run
     <stage>/                 one folder per stage, replaced atomically when the stage finishes
@@ -48,6 +48,7 @@ from .atomic import write_json as write_json_atomic  # noqa: F401 -- the name th
 from .config import Recipe, to_dict
 from .errors import HfaugError
 from .hub import known_secrets, redact
+from .layout import LOCK, MANIFEST, RECIPE_FILE, stage_cache_dir
 
 if TYPE_CHECKING:
     import datasets
@@ -56,8 +57,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-LOCK = ".lock"
 VERSIONED_PACKAGES = (
     "hfaug", "torch", "transformers", "datasets", "huggingface_hub", "accelerate",
     "optimum", "optimum-onnx", "onnxruntime", "sentence-transformers", "trl", "gradio",
@@ -216,7 +215,7 @@ class Run:
         return [name for name in manifest.get("files", []) if not (folder / name).exists()]
 
     def cache_dir(self, stage: str) -> Path:
-        path = self.root / "cache" / stage
+        path = stage_cache_dir(self.root, stage)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -258,7 +257,7 @@ class Run:
     def save_recipe(self) -> None:
         # the run's copy is a recipe like any other: a token typed into free text is blanked
         text = yaml.safe_dump(redact(self.recipe.raw, known_secrets(self.recipe)), sort_keys=False, allow_unicode=True)
-        write_text(self.root / "recipe.yaml", text)
+        write_text(self.root / RECIPE_FILE, text)
 
 
 @dataclass

@@ -75,9 +75,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import schema
 from .atomic import save_npy
-from .errors import HfaugError, did_you_mean
+from .errors import HfaugError
 from .extras import missing
+from .layout import FIGURES_DIR
 from .runs import StageContext, StageResult
+from .strategies import DYNAMICS_STRATEGIES, STRATEGIES, canonical_strategy, subset_name
 from .tasks import Task, get_task
 
 if TYPE_CHECKING:
@@ -86,42 +88,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: strategy -> the short name used in output dataset names
-STRATEGIES: dict[str, str] = {
-    "random": "randk",
-    "top-k": "topk",
-    "div-k": "divk",
-    "ambiguous": "ambk",
-    "easy": "easyk",
-    "all": "all",
-}
-ALIASES: dict[str, str] = {
-    "rand-k": "random", "randk": "random", "rand": "random",
-    "topk": "top-k", "top": "top-k",
-    "divk": "div-k", "diverse": "div-k",
-    "amb-k": "ambiguous", "ambk": "ambiguous", "amb": "ambiguous",
-    "easy-k": "easy", "easyk": "easy",
-}
 #: who receives another class's shortfall under ``redistribute``: the authors' "pos" class
 DEFAULT_SHORTFALL_TO = {"sentiment": "positive", "nli": "entailment"}
 #: the authors' fill order (pseudo_label_as.py, pseudo_label_xnli_cartography.py): neutral, "pos", "neg"
 PAPER_ORDER = {"sentiment": ("neutral", "positive", "negative"), "nli": ("neutral", "entailment", "contradiction")}
 #: the paper's minimum lengths in whitespace words: sentiment "more than 10", NLI "at least 5"
 DEFAULT_MIN_WORDS = {"sentiment": 11, "nli": 5}
-DYNAMICS_STRATEGIES = ("ambiguous", "easy")
-
-
-def canonical_strategy(name: str) -> str:
-    """The canonical strategy name for a name or alias; an unknown one lists the valid ones."""
-    key = str(name).strip().lower()
-    key = ALIASES.get(key, key)
-    if key not in STRATEGIES:
-        raise HfaugError(
-            f"unknown selection strategy '{name}' in select.strategies"
-            f"{did_you_mean(key, [*STRATEGIES, *ALIASES])}; "
-            f"valid strategies: {', '.join(STRATEGIES)}"
-        )
-    return key
 
 
 @dataclass
@@ -795,8 +767,9 @@ def select(dataset: "datasets.Dataset", config: SelectConfig | None = None, task
             for c in range(num_labels):
                 mask = classes == c
                 ranks[mask] = np.arange(int(mask.sum()), dtype=np.int32)
-            outputs[f"{lang}-all"] = output(f"{lang}-all", chosen, strategy, ranks)
-            metrics[f"{lang}-all"] = _set_metrics(classes[chosen], task, embeddings, chosen)
+            name = subset_name(lang, strategy)
+            outputs[name] = output(name, chosen, strategy, ranks)
+            metrics[name] = _set_metrics(classes[chosen], task, embeddings, chosen)
             continue
         if strategy == "random":
             score = random_keys(ids, seed)
@@ -819,7 +792,7 @@ def select(dataset: "datasets.Dataset", config: SelectConfig | None = None, task
             take = take_counts(available, k, config.shortfall, receiver, order, strategy)
             chosen = np.concatenate([orders[c][:take[c]] for c in range(num_labels)]).astype(np.int64)
             ranks = np.concatenate([np.arange(t, dtype=np.int32) for t in take])
-            name = f"{lang}-{STRATEGIES[strategy]}-{k}"
+            name = subset_name(lang, strategy, k)
             outputs[name] = output(name, chosen, strategy, ranks, np.asarray(score, dtype=np.float32)[chosen],
                                    {key: v[chosen] for key, v in extra_columns.items()})
             m = _set_metrics(classes[chosen], task, embeddings, chosen)
@@ -948,7 +921,7 @@ def run(ctx: StageContext) -> StageResult:
     dropped: Counter = Counter()
     metrics: dict[str, Any] = {}
     rows_in = 0
-    figures_dir = ctx.out_dir / "figures"
+    figures_dir = ctx.out_dir / FIGURES_DIR
     for lang, dataset in _inputs(ctx):
         logger.info("select: %s, %d candidates, strategies %s, budgets %s", lang, len(dataset),
                     ", ".join(config.strategies), ", ".join(map(str, config.budgets)))
@@ -968,7 +941,7 @@ def run(ctx: StageContext) -> StageResult:
         extra["next"].append(line)
     if config.figures:
         extra["figures"] = sorted(p.name for p in figures_dir.glob("*.png"))
-        extra["next"].append(f"data maps and histograms for the dataset card: {final_dir / 'figures'}")
+        extra["next"].append(f"data maps and histograms for the dataset card: {final_dir / FIGURES_DIR}")
     return StageResult(datasets=datasets_out, dropped=dropped, rows_in=rows_in, metrics=metrics, extra=extra)
 
 

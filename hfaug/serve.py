@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import HfaugError, did_you_mean
 from .extras import missing
+from .layout import INT8_DIR, ONNX_DIR, ONNX_FILE, export_dirs
 from .space_info import student_info
 
 if TYPE_CHECKING:
@@ -138,10 +139,8 @@ def launch(demo: "gr.Blocks", *, host: str = "127.0.0.1", port: int | None = Non
 
 def exported_students(run: "Run", config: ServeConfig) -> dict[str, Path]:
     """The ONNX folders of a run's students, by name, in the variant asked for."""
-    from .export import INT8_DIR, ONNX_DIR
-
     root = run.require("export")
-    fp32 = {p.parent.name: p.parent for p in sorted((root / ONNX_DIR).glob("*/model.onnx"))}
+    fp32 = export_dirs(root, ONNX_DIR)
     if not fp32:
         raise HfaugError(f"serve: the export stage of {run.root} wrote no ONNX students; rerun `hfaug export`")
     names = config.models or list(fp32)
@@ -151,7 +150,7 @@ def exported_students(run: "Run", config: ServeConfig) -> dict[str, Path]:
     out = {}
     for name in names:
         int8 = root / INT8_DIR / name
-        if config.variant == "int8" and (int8 / "model.onnx").is_file():
+        if config.variant == "int8" and (int8 / ONNX_FILE).is_file():
             out[name] = int8
         else:
             if config.variant == "int8":

@@ -21,12 +21,13 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .layout import EVAL_JSON, INFO_FILE, INT8_DIR, ONNX_DIR, student_metrics_path
+
 if TYPE_CHECKING:
     from .runs import Run
 
 logger = logging.getLogger(__name__)
 
-INFO_FILE = "hfaug.json"  # spaces/hfaug_space.py reads the same name
 N_EXAMPLES = 3  # per language: enough to try, few enough to scan
 MAX_EXAMPLE_CHARS = 300  # a long row is cut, so the examples table stays readable
 
@@ -45,12 +46,12 @@ def student_metrics(run: "Run", name: str) -> tuple[dict[str, dict], str | None]
     The evaluate stage's figures for the served model come first (int8, then fp32 ONNX, then the
     PyTorch student); without an evaluate stage, the test figures distill saved with the student.
     """
-    results = _read_json(run.stage_dir("evaluate") / "metrics.json").get("results") or {}
-    for key in (f"int8/{name}", f"onnx/{name}", f"student/{name}"):
+    results = _read_json(run.stage_dir("evaluate") / EVAL_JSON).get("results") or {}
+    for key in (f"{INT8_DIR}/{name}", f"{ONNX_DIR}/{name}", f"student/{name}"):
         if results.get(key):
             return {k: {m: v for m, v in r.items() if m in ("accuracy", "macro_f1", "n")}
                     for k, r in results[key].items() if isinstance(r, dict)}, key
-    test = _read_json(run.stage_dir("distill") / "students" / name / "metrics.json").get("test") or {}
+    test = _read_json(student_metrics_path(run.stage_dir("distill"), name)).get("test") or {}
     return ({k: {m: v for m, v in r.items() if m in ("accuracy", "macro_f1", "n")}
              for k, r in test.items() if isinstance(r, dict)}, f"student/{name}" if test else None)
 
@@ -80,7 +81,7 @@ def _examples(run: "Run", subset: str | None, languages: list[str], columns: tup
 def student_info(run: "Run", name: str, *, model_repo: str | None = None, dataset_repo: str | None = None,
                  revision: str | None = None) -> dict[str, Any]:
     """The Space's view of student ``name`` of ``run`` (see the module docstring)."""
-    saved = _read_json(run.stage_dir("distill") / "students" / name / "metrics.json")
+    saved = _read_json(student_metrics_path(run.stage_dir("distill"), name))
     subset = saved.get("subset") if isinstance(saved.get("subset"), dict) else {}
     metrics, measured_on = student_metrics(run, name)
     languages = [s.strip() for s in str(subset.get("lang") or "").split(",") if s.strip()]

@@ -17,7 +17,6 @@ Model selection reads only the source (or translated source) dev set, never targ
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import schema
 from .errors import HfaugError, did_you_mean
+from .layout import BEST_DIR, TEACHER_JSON, TRAINER_DIR, checkpoint_path
 from .runs import StageContext, StageResult, write_json_atomic
 from .training import accuracy, load_for_fine_tuning, quiet_progress
 
@@ -35,10 +35,6 @@ if TYPE_CHECKING:
     from .tasks import Task
 
 logger = logging.getLogger(__name__)
-
-TEACHER_JSON = "teacher.json"
-BEST = "best"
-CHECKPOINTS = "checkpoints"
 
 
 @dataclass
@@ -153,7 +149,7 @@ def _checkpoint_callback(out_dir: Path, tokenizer):
 
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
             self.epoch += 1
-            rel = f"{CHECKPOINTS}/epoch-{self.epoch}"
+            rel = checkpoint_path(self.epoch)
             if state.is_world_process_zero:
                 model.save_pretrained(out_dir / rel)
                 tokenizer.save_pretrained(out_dir / rel)
@@ -163,8 +159,8 @@ def _checkpoint_callback(out_dir: Path, tokenizer):
                 self.pending_epoch = self.epoch
             elif state.is_world_process_zero:
                 # no dev data: nothing to select on, the last epoch is "best"
-                model.save_pretrained(out_dir / BEST)
-                tokenizer.save_pretrained(out_dir / BEST)
+                model.save_pretrained(out_dir / BEST_DIR)
+                tokenizer.save_pretrained(out_dir / BEST_DIR)
                 self.best = {"epoch": self.epoch, "step": state.global_step, "accuracy": None}
             return control
 
@@ -178,8 +174,8 @@ def _checkpoint_callback(out_dir: Path, tokenizer):
             if self.best is None or dev > self.best["accuracy"]:
                 self.best = {"epoch": epoch, "step": state.global_step, "accuracy": dev}
                 if state.is_world_process_zero:
-                    model.save_pretrained(out_dir / BEST)
-                    tokenizer.save_pretrained(out_dir / BEST)
+                    model.save_pretrained(out_dir / BEST_DIR)
+                    tokenizer.save_pretrained(out_dir / BEST_DIR)
             logger.info("teacher: step %d epoch %s dev accuracy %.4f (best %.4f)", state.global_step, epoch,
                         dev, self.best["accuracy"])
 
@@ -253,20 +249,6 @@ def train_teacher(train: "datasets.Dataset", dev: "datasets.Dataset", config: Te
     return info
 
 
-def read_teacher(folder: str | Path) -> dict:
-    """teacher.json of a teacher stage folder; a user error when the folder is not one."""
-    path = Path(folder) / TEACHER_JSON
-    if not path.is_file():
-        raise HfaugError(f"'{folder}' is not a teacher folder (no {TEACHER_JSON}); run `hfaug teacher` first")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def checkpoint_dirs(folder: str | Path) -> list[Path]:
-    """The per-epoch checkpoints of a teacher folder, in epoch order."""
-    info = read_teacher(folder)
-    return [Path(folder) / e["path"] for e in info["epochs"]]
-
-
 def run(ctx: StageContext) -> StageResult:
     config: TeacherConfig = ctx.config
     task = ctx.task
@@ -281,11 +263,11 @@ def run(ctx: StageContext) -> StageResult:
     seed = config.seed if config.seed is not None else ctx.seed
     if translated and config.train_on != "translated":
         config = dataclasses.replace(config, train_on="translated")  # teacher.json says what it was trained on
-    info = train_teacher(train, dev, config, task, ctx.out_dir, seed=seed, work_dir=ctx.cache_dir / "trainer")
+    info = train_teacher(train, dev, config, task, ctx.out_dir, seed=seed, work_dir=ctx.cache_dir / TRAINER_DIR)
     metrics = {
         "best_epoch": info["best_epoch"],
         "best_dev_accuracy": info["best_dev_accuracy"],
         "dev_accuracy": {f"epoch-{k}": v for k, v in info["dev_accuracy"].items()},
     }
     return StageResult(dropped=Counter(info["dropped"]), rows_in=len(train) + len(dev), metrics=metrics,
-                       extra={"next": [f"teacher: best checkpoint in {ctx.run.stage_dir(ctx.stage) / BEST}"]})
+                       extra={"next": [f"teacher: best checkpoint in {ctx.run.stage_dir(ctx.stage) / BEST_DIR}"]})

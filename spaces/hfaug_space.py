@@ -34,10 +34,10 @@ logger = logging.getLogger("hfaug.serve")  # one name, under `hfaug serve` and o
 #: file names per variant, Optimum's: the int8 model sits beside the fp32 one in onnx/
 ONNX_FILES = {"int8": "model_quantized.onnx", "fp32": "model.onnx"}
 ONNX_SUBFOLDER = "onnx"  # where publish-model puts the ONNX files in a model repo
-#: the small files a predictor needs next to the model (config for labels, the tokenizer)
-SIDE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "hfaug.json")
 #: beside the model: the student's languages, example texts in them, metrics and repos (hfaug writes it)
 INFO_FILE = "hfaug.json"
+#: the small files a predictor needs next to the model (config for labels, the tokenizer)
+SIDE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", INFO_FILE)
 NLI_LABELS = {"entailment", "neutral", "contradiction"}
 
 
@@ -196,9 +196,9 @@ def pick_file(names: set[str], variant: str | None, where: str, *, export_folder
     for v in ([variant] if variant else ["int8", "fp32"]):
         if ONNX_FILES[v] in names:
             return ONNX_FILES[v]
-    if export_folder and variant == "int8" and "model.onnx" in names:
+    if export_folder and variant == "int8" and ONNX_FILES["fp32"] in names:
         # a local export's int8/<name>/ folder keeps Optimum's default name
-        return "model.onnx"
+        return ONNX_FILES["fp32"]
     raise ModelError(f"{where} has no {' or '.join(ONNX_FILES[v] for v in ([variant] if variant else ONNX_FILES))}; "
                      "publish the student with its ONNX export (hfaug publish-model)")
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .. import schema
 from ..errors import HfaugError
+from ..layout import REQUESTS_DB, read_adapt, stage_cache_dir
 from ..prompts import (
     DEFAULT_DOMAIN_MIX,
     DEFAULT_SENTIMENT_DOMAINS,
@@ -313,7 +314,7 @@ def _shots(config: GenerateConfig, task: "Task", seed: int, source):
 def _open_cache(cache_dir, refresh: bool = False):
     from .cache import RequestCache
 
-    return RequestCache(Path(cache_dir) / "requests.sqlite", refresh=refresh) if cache_dir else None
+    return RequestCache(Path(cache_dir) / REQUESTS_DB, refresh=refresh) if cache_dir else None
 
 
 async def _generate(config: GenerateConfig, task: "Task", seed: int, backend: "Backend", cache, shots=None):
@@ -641,16 +642,14 @@ def _with_adapt_stage(ctx) -> GenerateConfig:
     if (config.backend != "transformers" or config.adapter or not config.use_adapter
             or not ctx.recipe.has("adapt") or ctx.run.manifest("adapt") is None):
         return config
-    folder = ctx.input_dir("adapt")
-    info_path = folder / "adapt.json"
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    adapter = folder / info.get("adapter", "adapter")
+    info = read_adapt(ctx.input_dir("adapt"))
+    adapter = info["adapter"]
     base = info.get("base_model")
     names = {base, info.get("base_model_path")} - {None}
     if base and config.model_ref not in names and _resolved(config.model_ref) not in names:
         raise HfaugError(f"generate.model is '{config.model_ref}' but the adapt stage trained its adapter on "
                          f"'{base}'; set generate.model to '{base}' (or generate.use_adapter: false)")
-    return dataclasses.replace(config, adapter=str(adapter))
+    return dataclasses.replace(config, adapter=adapter)
 
 
 def _resolved(ref: str) -> str:
@@ -738,7 +737,7 @@ def _cached_counts(run: "Run", config: GenerateConfig, phases) -> list[int]:
     from .cache import RequestCache
     from .engine import keys_for
 
-    path = run.root / "cache" / "generate" / "requests.sqlite"
+    path = stage_cache_dir(run.root, "generate") / REQUESTS_DB
     if not path.is_file():
         return [0] * len(phases)
     with RequestCache(path, readonly=True) as cache:
