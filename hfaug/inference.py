@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import schema
 from .errors import HfaugError
 from .extras import missing
 from .layout import ONNX_FILE
@@ -147,8 +148,8 @@ def reorder_to_task(probs: "np.ndarray", model_labels, task: "Task") -> "np.ndar
 
 def task_inputs(dataset: "datasets.Dataset", task: "Task") -> tuple[list[str], list[str] | None]:
     """(texts, pairs) for a task: text, or premise + hypothesis."""
-    texts = list(dataset[task.text_columns[0]])
-    pairs = list(dataset[task.text_columns[1]]) if task.is_pair else None
+    texts = schema.column_values(dataset, task.text_columns[0])
+    pairs = schema.column_values(dataset, task.text_columns[1]) if task.is_pair else None
     return texts, pairs
 
 

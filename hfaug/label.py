@@ -177,7 +177,7 @@ def label(dataset: "datasets.Dataset", config: LabelConfig, task: "Task", *, tea
         dropped["empty_text"] = n_empty
         kept = kept.flatten_indices()
     texts, pairs = task_inputs(kept, task)
-    ids = list(kept[schema.ID]) if schema.ID in kept.column_names else \
+    ids = schema.column_values(kept, schema.ID) if schema.ID in kept.column_names else \
         [schema.make_id(task.name, *row) for row in zip(texts, *([pairs] if pairs else []))]
     cache = Path(cache_dir) if cache_dir is not None else None
     common = dict(max_length=models.max_length, batch_size=config.batch_size, chunk_size=config.chunk_size,
@@ -228,7 +228,7 @@ def run(ctx: StageContext) -> StageResult:
     teacher_dir = ctx.input_dir("teacher") if config.teacher is None and ctx.run.manifest("teacher") else None
     result = label(candidates, config, ctx.task, teacher_dir=teacher_dir, cache_dir=ctx.cache_dir)
     labelled, dropped = result.data, result.dropped
-    counts = Counter(ctx.task.labels[i] for i in labelled[schema.LABEL])
+    counts = Counter(ctx.task.labels[i] for i in schema.column_values(labelled, schema.LABEL))
     metrics = {"labels": {name: counts.get(name, 0) for name in ctx.task.labels}}
     if len(labelled):
         metrics["mean_confidence"] = float(sum(labelled[schema.CONFIDENCE]) / len(labelled))

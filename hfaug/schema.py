@@ -118,13 +118,20 @@ def require_columns(dataset: "datasets.Dataset", columns, stage: str) -> None:
         )
 
 
+def column_values(dataset: "datasets.Dataset", column: str) -> list:
+    """A column's values as a plain list, read in one slice: iterating a dataset's column (or
+    indexing it row by row) formats one row at a time, ~35x slower, a few seconds per pass over
+    the paper's 130,000-row pool."""
+    return dataset[column][:]
+
+
 def label_ids(dataset: "datasets.Dataset", task: "Task", where: str, column: str = LABEL) -> list[int]:
     """A label column as the task's label ids: a ClassLabel with the task's names in any order,
     label names, or ids. Anything else is a one-line user error listing both label sets."""
     import datasets
 
     feature = dataset.features[column]
-    values = list(dataset[column])
+    values = column_values(dataset, column)
     what = "labels" if column == LABEL else f"'{column}' labels"
     if any(v is None for v in values):
         raise HfaugError(f"{where}: {values.count(None)} rows have no '{column}'; it is written by the "
@@ -147,7 +154,7 @@ def label_ids(dataset: "datasets.Dataset", task: "Task", where: str, column: str
 
 def drop_empty(dataset: "datasets.Dataset", task: "Task") -> tuple["datasets.Dataset", int]:
     """Rows whose text (or premise/hypothesis) is empty are skipped; returns (kept, count)."""
-    keep = [i for i, row in enumerate(zip(*(dataset[c] for c in task.text_columns)))
+    keep = [i for i, row in enumerate(zip(*(column_values(dataset, c) for c in task.text_columns)))
             if all(isinstance(t, str) and t.strip() for t in row)]
     if len(keep) == len(dataset):
         return dataset, 0

@@ -187,6 +187,10 @@ class TranslateConfig:
 # the model
 
 
+#: texts per tokenizer call when counting lengths (memory stays flat in the pool's size)
+LENGTH_CHUNK = 2048
+
+
 def _split_ref(ref: str) -> tuple[str, str | None]:
     """``id@revision`` -> (id, revision); local paths with '@' in a folder name are left alone."""
     if "@" in ref and not Path(ref).exists():
@@ -433,11 +437,15 @@ class Translator:
             self.indic.postprocess_batch([""] * n, lang=code)
 
     def lengths(self, texts: list[str], code: str) -> list[int]:
-        """Token length of each text as the model would see it."""
-        if not texts:
-            return []
-        enc = self.tokenizer(self.prepare(texts, code), truncation=False)
-        return [len(ids) for ids in enc["input_ids"]]
+        """Token length of each text as the model would see it.
+
+        Counted in chunks: a fast tokenizer keeps a full Encoding (tokens, offsets, masks) per
+        text, so one call on the paper's 130,000-row pool held about 1.5 GB at once."""
+        out: list[int] = []
+        for start in range(0, len(texts), LENGTH_CHUNK):
+            enc = self.tokenizer(self.prepare(texts[start:start + LENGTH_CHUNK], code), truncation=False)
+            out += [len(ids) for ids in enc["input_ids"]]
+        return out
 
     def generate(self, texts: list[str], code: str) -> list[str]:
         """Translate one batch into the language whose model code is ``code``.
@@ -602,6 +610,8 @@ def translate_texts(translator: Translator, texts: list[str], lang: Language, *,
     unique = [t for t in dict.fromkeys(texts) if t.strip()]
 
     # segments: a text, or its sentence chunks when it is longer than the model's input
+    # token lengths, counted once per segment: the plan and the length sort share them (at 130,000
+    # texts a second pass of the tokenizer over every text cost as much as a tenth of the stage)
     lengths = dict(zip(unique, translator.lengths(unique, code)))
     plan: dict[str, list[str]] = {}
     for text in unique:
@@ -611,6 +621,7 @@ def translate_texts(translator: Translator, texts: list[str], lang: Language, *,
         sentences = split_sentences(text) if cfg.split_sentences else [text]
         if len(sentences) > 1:
             sentence_lengths = translator.lengths(sentences, code)
+            lengths.update(zip(sentences, sentence_lengths))
             plan[text] = _pack(sentences, sentence_lengths, cfg.max_length)
             stats["split"] += 1
             stats["truncated"] += sum(1 for n in sentence_lengths if n > cfg.max_length)
@@ -630,9 +641,11 @@ def translate_texts(translator: Translator, texts: list[str], lang: Language, *,
     stats["segments"] += len(segments)
     stats["cache_hits"] += len(done)
     if missing and cfg.sort_by_length:
-        seg_lengths = dict(zip(missing, translator.lengths(missing, code)))
+        # packed chunks (several sentences) are the only segments not counted yet
+        uncounted = [s for s in missing if s not in lengths]
+        lengths.update(zip(uncounted, translator.lengths(uncounted, code)))
         # longest first: the memory peak comes at once, and the bar's estimate errs on the safe side
-        missing.sort(key=lambda s: -seg_lengths[s])
+        missing.sort(key=lambda s: -lengths[s])
 
     failed: set[str] = set()
     with tqdm(total=len(missing), desc=f"translate {lang.code}", unit="seg", disable=not progress or not missing,
@@ -800,7 +813,7 @@ def translate_datasets(parts: dict[str, "datasets.Dataset"], config: TranslateCo
             translator = translators[lang.code]
             stats: Counter = Counter()
             start = time.perf_counter()
-            texts = [t for ds in parts.values() for col in task.text_columns for t in ds[col]]
+            texts = [t for ds in parts.values() for col in task.text_columns for t in schema.column_values(ds, col)]
             translated = dict(zip(texts, translate_texts(translator, texts, lang, cache=cache, stats=stats,
                                                          progress=progress)))
             seconds = time.perf_counter() - start
@@ -849,7 +862,8 @@ def _translated_dataset(ds: "datasets.Dataset", translated: dict[str, str | None
     reasons: Counter = Counter()
     keep: list[int] = []
     columns: dict[str, list[str]] = {col: [] for col in task.text_columns}
-    originals = {col: ds[col] for col in task.text_columns}
+    # plain lists: indexing a dataset's column row by row reads it through Arrow once per row
+    originals = {col: schema.column_values(ds, col) for col in task.text_columns}
     for i in range(len(ds)):
         row_out = {}
         issue = None
@@ -869,7 +883,7 @@ def _translated_dataset(ds: "datasets.Dataset", translated: dict[str, str | None
     order = list(ds.column_names) + [c for c in (schema.SOURCE_ID, schema.LANG) if c not in ds.column_names]
     out = ds.select(keep)
     new = dict(columns)
-    new[schema.SOURCE_ID] = list(out[schema.ID])
+    new[schema.SOURCE_ID] = schema.column_values(out, schema.ID)
     new[schema.ID] = [schema.make_id(task.name, lang.code, *(columns[c][j] for c in task.text_columns))
                       for j in range(len(keep))]
     new[schema.LANG] = [lang.code] * len(keep)

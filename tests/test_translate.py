@@ -235,6 +235,59 @@ def test_long_texts_split_into_sentences_and_batches_sorted(tiny, monkeypatch):
     assert longest == sorted(longest, reverse=True)
 
 
+def test_lengths_are_counted_in_chunks_with_the_same_result(tiny, monkeypatch):
+    """Token counts come from bounded tokenizer calls (a call on a whole 130,000-row pool held
+    every text's full Encoding at once), and chunking changes no count."""
+    from hfaug import translate as translate_module
+    from hfaug.translate import open_translators
+
+    translator = open_translators(TranslateConfig(languages=["hi"], **FAST))["hi"]
+    code = translator.codes["hi"]
+    texts = [r["text"] for r in _rows("sentiment_en.jsonl", 11)]
+    whole = [len(translator.tokenizer(t)["input_ids"]) for t in translator.prepare(texts, code)]
+    sizes: list[int] = []
+    real = translator.tokenizer
+
+    class Counting:
+        def __call__(self, batch, **kwargs):
+            sizes.append(len(batch))
+            return real(batch, **kwargs)
+
+    monkeypatch.setattr(translate_module, "LENGTH_CHUNK", 4)
+    monkeypatch.setattr(translator, "tokenizer", Counting())
+    assert translator.lengths(texts, code) == whole
+    assert sizes == [4, 4, 3]
+
+
+def test_each_segment_is_tokenised_once_for_its_length(tiny, monkeypatch):
+    """The split plan and the length sort share one count per segment: at the paper's 130,000
+    texts a second tokenizer pass over every text is a fixed share of the stage for nothing."""
+    import datasets
+
+    counted: list[str] = []
+    real = Translator.lengths
+
+    def lengths(translator, texts, code):
+        counted.extend(texts)
+        return real(translator, texts, code)
+
+    monkeypatch.setattr(Translator, "lengths", lengths)
+    spy = Spy(monkeypatch)
+    texts = [r["text"] for r in _rows("sentiment_en.jsonl", 12)]
+    long_text = " ".join(texts[:6])
+    rows = [{"id": schema.make_id("sentiment", t), "text": t, "label": 0} for t in [long_text, *texts[6:]]]
+    cfg = TranslateConfig(languages=["hi"], **{**FAST, "max_length": 48, "batch_size": 2, "checks": []})
+    out, _, metrics = translate(datasets.Dataset.from_list(rows), cfg, "sentiment", progress=False)
+    assert metrics["hi"]["split"] == 1 and len(out["hi"]) == len(rows)
+    assert len(counted) == len(set(counted))  # no text counted twice
+    # the batches still come longest first
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny["mt"])
+    longest = [max(len(tok(t)["input_ids"]) for t in batch) for batch in spy.inputs]
+    assert longest == sorted(longest, reverse=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # in a run: failures, resume, refusal
 

@@ -62,7 +62,7 @@ def classification_requests(dataset: "datasets.Dataset", task: "Task", seed: int
     question = template or _question(task)
     labels = ", ".join(task.labels)
     requests = []
-    columns = {c: dataset[c] for c in task.text_columns}
+    columns = {c: schema.column_values(dataset, c) for c in task.text_columns}
     for i in range(len(dataset)):
         values = {c: columns[c][i] for c in task.text_columns}
         user = question.format(labels=labels, **values)
@@ -131,8 +131,9 @@ async def aclassify(dataset: "datasets.Dataset", task: "Task", backend: "Backend
     if outcome.fatal is not None:
         raise HfaugError(f"llm labels: the server rejected a request ({outcome.fatal.message}); "
                          f"{len(outcome.results)} finished requests are kept in the cache; fix it and rerun")
-    ids = dataset[schema.ID] if schema.ID in dataset.column_names else [
-        schema.make_id(task.name, *(dataset[c][i] for c in task.text_columns)) for i in range(len(dataset))]
+    ids = schema.column_values(dataset, schema.ID) if schema.ID in dataset.column_names else [
+        schema.make_id(task.name, *values) for values in zip(*(schema.column_values(dataset, c)
+                                                                for c in task.text_columns))]
     rows = {schema.ID: [], LLM_LABEL: [], LLM_SOFT_LABEL: [], LLM_ANSWER: []}
     stats = {"unparsed": 0, "from_logprobs": 0, "failed": 0}
     unusable: list[str] = []

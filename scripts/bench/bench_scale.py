@@ -21,6 +21,12 @@ first use; skipped with a note when it cannot be installed).
 
     python scripts/bench/bench_scale.py [--sizes 10000 50000 200000] [--tasks sentiment nli]
                                         [--stages generate label ...] [--compare] [--no-flow]
+                                        [--fresh] [--work runs/bench-scale]
+
+Progressive and resumable: after every stage the table (bench/results/scale.json, scale.md and
+BENCHMARKS.md) is written again, so an interrupted run keeps its figures; a rerun keeps the
+(task, size, stage) cells measured before whose outputs are still in the work folder and runs the
+rest, unless --fresh (the side-by-side comparison likewise).
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,10 +46,17 @@ sys.path.insert(0, str(HERE))
 from _common import RESULTS, ROOT, machine  # noqa: E402
 
 RECIPES = {"sentiment": "paper/sentiment-hi", "nli": "paper/xnli-hi"}
-STAGES = ["generate", "teacher", "label", "translate", "select", "publish", "distill", "export", "evaluate"]
+# in the paper setting's order (translated-teacher: the teacher labels the translations)
+STAGES = ["generate", "translate-source", "teacher", "translate", "label", "select", "publish", "distill", "export", "evaluate"]
 DISTILABEL_VENV = Path(os.environ.get("HFAUG_BENCH_DISTILABEL_VENV", "/tmp/hfaug-bench-distilabel"))
+# One intra-op thread per stage process: on a machine shared with other jobs, torch's OpenMP workers
+# spin at every barrier while a sibling thread waits for a core, and that spinning is counted as the
+# stage's CPU time (translate at 10,000 rows under load average ~5 on 2 cores: 15 CPU s with one
+# thread, 97 with two, 195 s wall against 57), so the exponents would measure the machine's load.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1",
-       "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+       "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT),
+       "OMP_NUM_THREADS": os.environ.get("HFAUG_BENCH_THREADS", "1"),
+       "MKL_NUM_THREADS": os.environ.get("HFAUG_BENCH_THREADS", "1")}
 
 
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:
@@ -79,9 +91,13 @@ def recipe(task: str, n: int, url: str, out: Path, concurrency: int = 64) -> dic
     data["label"] = {"dynamics": True, "batch_size": 256, "max_length": 64}
     # the translated-teacher setting (the paper's) trains the teacher on the translated source
     translate_source = data.get("setting") == "translated-teacher"
+    # Sampled, short: greedy decoding by the random-weight tiny model gives every text the same
+    # output, and select's duplicate filter then leaves a pool of one row (select, publish and
+    # distill would measure nothing); sampling gives each row its own "translation" at the cost of
+    # greedy decoding (one sample, 4-8 new tokens; a real model's cost is in its size, not hfaug's).
     data["translate"] = {"model": "hfaug://tiny/mt", "languages": ["hi"], "source": translate_source, "batch_size": 64,
                          "num_beams": 1, "split_sentences": False, "max_new_tokens": 8, "min_new_tokens": 4,
-                         "no_repeat_ngram_size": 2, "checks": []}
+                         "no_repeat_ngram_size": 2, "checks": [], "do_sample": True, "temperature": 1.0}
     data["select"].update(embedder="hfaug://tiny/embedder", embed_batch_size=256, min_words=0, figures=False)
     data["distill"] = {"model": "hfaug://tiny/encoder", "num_train_epochs": 1, "max_steps": 40,
                        "learning_rate": 3.0e-3, "per_device_train_batch_size": 32, "max_length": 64,
@@ -118,10 +134,20 @@ def disk_mb(*paths: Path) -> float:
     return round(total / 2**20, 1)
 
 
-def flow(task: str, n: int, stages: list[str], work: Path) -> dict:
+def measured(cell: dict | None) -> bool:
+    """A cell measured in full by this benchmark (CPU seconds came later: older cells lack them)."""
+    return bool(cell) and "failed" not in cell and "cpu_s" in cell
+
+
+def flow(task: str, n: int, stages: list[str], work: Path, done: dict, record) -> dict:
+    """The stages of one (task, size), each recorded (``record(stage, figures)``) as soon as it ends.
+
+    A stage already measured (in ``done``) whose output is still in ``work`` is not run again, so
+    a rerun resumes where an interrupted one stopped."""
     import yaml
 
     from hfaug.config import load_recipe
+    from hfaug.pipeline import planned
     from hfaug.runs import Run
 
     server, url = start_server(latency=0.0)
@@ -132,20 +158,32 @@ def flow(task: str, n: int, stages: list[str], work: Path) -> dict:
         run = Run(load_recipe(str(path)))
         run_stage(path, "source")
         out = {}
-        for stage in stages:
+        # the recipe's setting decides the stages and their order (translated-teacher: translate-source
+        # before teacher)
+        for stage in [s.name for s in planned(run.recipe) if s.name in stages]:
+            if measured(done.get(stage)) and run.manifest(stage):
+                print(f"  {task} {n:>7} {stage:<10} measured before, kept", flush=True)
+                out[stage] = done[stage]
+                continue
             try:
                 figures = run_stage(path, stage)
             except RuntimeError as e:  # recorded; the later stages need this one
                 print(f"  {task} {n:>7} {stage}: {e}", flush=True)
                 out[stage] = {"failed": str(e).splitlines()[-1][:300]}
+                record(stage, out[stage])
                 break
             figures["disk_mb"] = disk_mb(run.stage_dir(stage), run.root / "cache" / stage)
             metrics = (run.manifest(stage) or {}).get("metrics") or {}
+            manifest = run.manifest(stage) or {}
+            figures["rows_in"] = manifest.get("rows_in")
+            if stage == "select":  # the candidate pool after select's filters (duplicates, lengths)
+                figures["pool_rows"] = sum(p.get("rows", 0) for p in (metrics.get("pool") or {}).values())
             if stage == "generate":
                 figures.update({k: metrics.get(k) for k in ("request_phase_s", "dedupe_s", "stage_s",
                                                              "requests_per_s", "rows_kept")})
                 figures["rows_in"] = run.manifest(stage)["rows_in"]
             out[stage] = figures
+            record(stage, figures)
             print(f"  {task} {n:>7} {stage:<10} {figures}", flush=True)
         return out
     finally:
@@ -252,12 +290,14 @@ def table(results: dict, comparison: dict | None) -> str:
     lines = ["## Scale (`make bench-scale`)", "",
              f"Written by scripts/bench/bench_scale.py on {machine()}. Each stage is its own process "
              "(`python -m hfaug <stage>`); a cell is wall seconds / CPU seconds (user + system of the stage "
-             "process) / peak RSS MB / disk MB (output folder and cache). The machine is shared with other "
-             "jobs (load average 10-16 on 2 cores while measured), so wall seconds are noisy; the growth "
-             "exponent log(t2/t1)/log(n2/n1) is taken on CPU seconds (target <= 1.15), which also include "
-             "a fixed ~10-20 s of start-up (imports, models), so small sizes understate it. Teacher, distill, "
-             "export and evaluate do not depend on the number of generations (capped epochs/steps, a fixed "
-             "budget of 2,500 per class).", ""]
+             "process) / peak RSS MB / disk MB (output folder and cache). Stage processes run with one "
+             "intra-op thread (OMP_NUM_THREADS=1; HFAUG_BENCH_THREADS changes it): the machine is shared "
+             "with other jobs, so wall seconds are noisy, and with two threads torch's OpenMP spin-waits "
+             "would be counted as CPU time. The growth exponent log(t2/t1)/log(n2/n1) is taken on CPU "
+             "seconds (target <= 1.15), which also include a fixed ~7-10 s of start-up (imports, models), "
+             "so small sizes understate it. Translate-source, teacher, distill, export and evaluate do not "
+             "depend on the number of generations (the source data, capped epochs/steps, a fixed budget of "
+             "2,500 per class).", ""]
     for task, by_size in results.items():
         sizes = sorted(by_size, key=int)
         lines += [f"### {task} ({RECIPES[task]})", "",
@@ -288,6 +328,12 @@ def table(results: dict, comparison: dict | None) -> str:
                   if "failed" in f]
         if failed:
             lines += ["", "failed: " + "; ".join(failed)]
+        rows = [f"{int(n):,}: " + ", ".join(f"{stage} {by_size[n][stage]['rows_in']:,}" for stage in stages
+                                            if (by_size[n].get(stage) or {}).get("rows_in"))
+                + (f"; select's pool after its filters {by_size[n]['select']['pool_rows']:,}"
+                   if "pool_rows" in by_size[n].get("select", {}) else "") for n in sizes]
+        if any(":" in r for r in rows):
+            lines += ["", "rows in per stage: " + "; ".join(rows)]
         if gen:
             lines += ["", "generate in detail: " + "; ".join(
                 f"{int(n):,}: {g['rows_in']:,} rows asked, {g['rows_kept']:,} kept, request phase {g['request_phase_s']} s "
@@ -320,47 +366,62 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-flow", action="store_true", help="only the side-by-side comparison")
     parser.add_argument("--note", default=None, help="a note on this measurement for the table (kept)")
     parser.add_argument("--store", default="scale.json", help="results file under bench/results (merged into)")
-    parser.add_argument("--work", default=None, help="where the runs go (default: a temp folder, removed)")
+    parser.add_argument("--work", default=None, help="where the runs go and stay, so a rerun resumes "
+                        "(default: runs/bench-scale)")
+    parser.add_argument("--fresh", action="store_true", help="measure the chosen (task, size, stage) cells "
+                        "again instead of keeping those measured before")
     args = parser.parse_args(argv)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     store = RESULTS / args.store
-    saved = json.loads(store.read_text()) if store.exists() else {"flow": {}, "compare": None}
 
-    def save():  # merged with what another size's run wrote meanwhile
-        now = json.loads(store.read_text()) if store.exists() else {"flow": {}, "compare": None}
-        for task, sizes in saved["flow"].items():
-            for size, stages in sizes.items():
-                now["flow"].setdefault(task, {}).setdefault(size, {}).update(stages)
-        now["compare"] = saved["compare"] or now["compare"]
-        store.write_text(json.dumps(now, indent=2))
-        return now
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="hfaug-scale-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        if args.compare:
-            saved["compare"] = compare(args.compare_requests, work)
-            save()
-        if not args.no_flow:
-            for task in args.tasks:
-                for n in args.sizes:
-                    print(f"== {task} at {n:,} generations", flush=True)
-                    saved["flow"].setdefault(task, {})[str(n)] = flow(task, n, args.stages, work)
-                    save()  # each size as soon as it is measured
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
-    saved = save()
+    def load() -> dict:
+        return json.loads(store.read_text()) if store.exists() else {"flow": {}, "compare": None}
+
+    def publish(saved: dict) -> None:
+        """scale.json, then scale.md and BENCHMARKS.md from it: a partial run keeps its figures."""
+        tmp = store.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(saved, indent=2))
+        tmp.replace(store)
+        text = table(saved["flow"], saved["compare"])
+        if saved.get("note"):
+            text += "\n" + saved["note"] + "\n"
+        (RESULTS / "scale.md").write_text(text)
+        import run_all
+
+        run_all.write_report()
+
+    saved = load()
     if args.note is not None:
         saved["note"] = args.note
-        store.write_text(json.dumps(saved, indent=2))
-    text = table(saved["flow"], saved["compare"])
-    if saved.get("note"):
-        text += "\n" + saved["note"] + "\n"
-    (RESULTS / "scale.md").write_text(text)
-    import run_all
+    work = Path(args.work) if args.work else ROOT / "runs" / "bench-scale"
+    work.mkdir(parents=True, exist_ok=True)
+    if args.fresh and not args.no_flow:  # forget the chosen cells, their outputs and caches
+        for task in args.tasks:
+            for n in args.sizes:
+                cells = saved["flow"].get(task, {}).get(str(n), {})
+                root = work / f"{task}-{n}" / f"scale-{task}-{n}"  # output_dir / the recipe's name
+                for stage in args.stages:
+                    cells.pop(stage, None)
+                    shutil.rmtree(root / stage, ignore_errors=True)
+                    shutil.rmtree(root / "cache" / stage, ignore_errors=True)
+    if args.compare and saved.get("compare") and not args.fresh:
+        print("  compare: measured before, kept (--fresh measures it again)", flush=True)
+    elif args.compare:
+        saved["compare"] = compare(args.compare_requests, work)
+        publish(saved)
+    if not args.no_flow:
+        for task in args.tasks:
+            for n in args.sizes:
+                print(f"== {task} at {n:,} generations", flush=True)
+                cells = saved["flow"].setdefault(task, {}).setdefault(str(n), {})
 
-    run_all.write_report()
+                def record(stage: str, figures: dict, cells=cells) -> None:
+                    cells[stage] = figures
+                    publish(saved)  # after every stage
+
+                flow(task, n, args.stages, work, dict(cells), record)
+    publish(saved)
     return 0
 
 
