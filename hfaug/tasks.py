@@ -157,7 +157,7 @@ def resolve_task(value: Any) -> Task:
     if isinstance(value, TaskSpec):
         return value.task
     if isinstance(value, dict):
-        from .config import from_dict
+        from .typed import from_dict
 
         return from_dict(TaskSpec, value, "task").task
     return get_task(value)
