@@ -44,6 +44,10 @@ def server_process(cmd: list[str], log: Path, stop: int = signal.SIGTERM, **pope
 
     On exit it is sent ``stop`` and, if still there after 60 s, killed: no server outlives its test.
     """
+    if stop == signal.SIGINT:
+        # Ctrl+C reaches a terminal's foreground process; a test run started in the background
+        # (`make test &`, nohup) ignores SIGINT and its children would inherit that
+        popen.setdefault("preexec_fn", lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen)
         try:
