@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 from hub_server import validate_card
-from test_publish import REPO, V1, offline, publish, recipe_dict, write_inputs  # noqa: F401 (offline: a fixture)
+from test_publish import (  # noqa: F401 (offline: a fixture)
+    REPO,
+    V1,
+    fake_onnx_exports,
+    offline,
+    publish,
+    recipe_dict,
+    student_folder,
+    write_inputs,
+)
 
 from hfaug import pipeline
 from hfaug.config import load_recipe
@@ -78,11 +87,7 @@ def write_distilled(run: Run, names: list[str], *, cards: tuple[str, ...] | None
 
     def distill(ctx):
         for name in names:
-            folder = ctx.out_dir / "students" / name
-            folder.mkdir(parents=True)
-            (folder / "config.json").write_text(json.dumps({"model_type": "xlm-roberta", "id2label": ID2LABEL}))
-            (folder / "model.safetensors").write_bytes(b"\0weights of " + name.encode())
-            (folder / "metrics.json").write_text(json.dumps({**SAVED, "subset": {**SUBSET, "name": name}}))
+            folder = student_folder(ctx, name, {"id2label": ID2LABEL}, {**SAVED, "subset": {**SUBSET, "name": name}})
             if cards is None or name in cards:
                 data = card_data(run, name=name)
                 (folder / "README.md").write_text(model_card(data), encoding="utf-8")
@@ -90,13 +95,8 @@ def write_distilled(run: Run, names: list[str], *, cards: tuple[str, ...] | None
         return StageResult()
 
     def export(ctx):
-        metrics = {}
-        for name in names:
-            for kind in ("onnx", "int8"):
-                (ctx.out_dir / kind / name).mkdir(parents=True)
-                (ctx.out_dir / kind / name / "model.onnx").write_bytes(b"\0onnx " + kind.encode())
-            metrics[name] = FIGURES
-        return StageResult(metrics=metrics)
+        fake_onnx_exports(ctx, names)
+        return StageResult(metrics={name: FIGURES for name in names})
 
     execute(run, "distill", distill, run.recipe.sections["distill"], [], force=True)
     execute(run, "export", export, None, [], force=True)

@@ -426,25 +426,36 @@ def test_reproduce_downloads_the_recipe_of_a_revision(hub, tmp_path):
 # students
 
 
+def student_folder(ctx, name: str, config: dict, metrics: dict) -> Path:
+    """A student folder as distill leaves it (config, weights, metrics.json), without its card."""
+    folder = ctx.out_dir / "students" / name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "xlm-roberta", **config}))
+    (folder / "model.safetensors").write_bytes(b"\0weights of " + name.encode())
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def fake_onnx_exports(ctx, names: list[str]) -> None:
+    """export's layout for ``names``: onnx/<name>/ and int8/<name>/ with a model.onnx each."""
+    for name in names:
+        for kind in ("onnx", "int8"):
+            (ctx.out_dir / kind / name).mkdir(parents=True)
+            (ctx.out_dir / kind / name / "model.onnx").write_bytes(b"\0onnx " + kind.encode())
+
+
 def write_students(run: Run, names: list[str], *, readme: bool, onnx: bool) -> None:
     def distill(ctx):
         for name in names:
-            folder = ctx.out_dir / "students" / name
-            folder.mkdir(parents=True)
-            (folder / "config.json").write_text(json.dumps({"model_type": "xlm-roberta", "name": name}))
-            (folder / "model.safetensors").write_bytes(b"\0weights of " + name.encode())
-            (folder / "metrics.json").write_text(json.dumps({
+            folder = student_folder(ctx, name, {"name": name}, {
                 "dev_accuracy": 0.5, "test": {"hi": {"accuracy": 0.61, "macro_f1": 0.6, "n": 20}},
-                "subset": {"strategy": "div-k", "budget_per_class": 4}}))
+                "subset": {"strategy": "div-k", "budget_per_class": 4}})
             if readme:
                 (folder / "README.md").write_text("---\nlicense: mit\n---\n# a student card from distill\n")
         return StageResult()
 
     def export(ctx):
-        for name in names:
-            for kind in ("onnx", "int8"):
-                (ctx.out_dir / kind / name).mkdir(parents=True)
-                (ctx.out_dir / kind / name / "model.onnx").write_bytes(b"\0onnx " + kind.encode())
+        fake_onnx_exports(ctx, names)
         return StageResult()
 
     execute(run, "distill", distill, None, [], force=True)
