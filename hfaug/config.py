@@ -126,8 +126,13 @@ class Recipe:
             return self.run.setting
         return HYBRID if self.has("translate") else ENGLISH_TEACHER
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.raw, sort_keys=False, allow_unicode=True)
+    def to_yaml(self, *, drop: tuple[str, ...] = ()) -> str:
+        """The recipe as YAML with every secret blanked (a token typed into free text too);
+        ``drop`` leaves out run-wide keys (the uploaded copy drops output_dir, a local path)."""
+        from .hub import known_secrets, redact
+
+        data = {k: v for k, v in redact(self.raw, known_secrets(self)).items() if k not in drop}
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def config_class(section: str) -> type:

@@ -10,6 +10,7 @@ import re
 from functools import lru_cache
 
 from .errors import HfaugError
+from .retry import short
 
 # import name -> distribution name, where they differ
 _DISTRIBUTIONS = {
@@ -64,8 +65,7 @@ def missing(what: str, error: ImportError, prefer: str | None = None) -> HfaugEr
     """The one-line error for ``what`` (e.g. "div-k") failing to import a package; raise it ``from None``."""
     module = getattr(error, "name", None) or _module_in(str(error)) or "a package"
     return HfaugError(f"{what} needs {distribution(module)}, which is not installed or fails to import "
-                      f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
-                      f"{install_hint(module, prefer)}")
+                      f"({short(error)}); {install_hint(module, prefer)}")
 
 
 def _module_in(text: str) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .errors import HfaugError, HubError
 from .layout import RECIPE_FILE
-from .retry import RetryPolicy, is_network_error, retrying
+from .retry import RetryPolicy, is_network_error, retrying, short, status_of
 from .retry import is_transient as _transient
 
 logger = logging.getLogger(__name__)
@@ -83,13 +83,8 @@ def known_secrets(recipe: Any = None) -> tuple[str, ...]:
 # one repo: create, commit, tag
 
 
-def _status(error: BaseException) -> int | None:
-    return getattr(getattr(error, "response", None), "status_code", None)
-
-
 def short_error(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return redact(text[:200], known_secrets())
+    return redact(short(error), known_secrets())
 
 
 def with_retries(fn: Callable[[], Any], what: str, retries: int, wait: float) -> Any:
@@ -180,7 +175,7 @@ class HubRepo:
             try:
                 self.api.create_tag(self.repo_id, tag=tag, revision=sha, tag_message=message, repo_type=self.repo_type)
             except HfHubHTTPError as e:
-                if _status(e) != 409:
+                if status_of(e) != 409:
                     raise
                 refs = self.api.list_repo_refs(self.repo_id, repo_type=self.repo_type)
                 if {t.name: t.target_commit for t in refs.tags}.get(tag) != sha:

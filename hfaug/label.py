@@ -231,5 +231,5 @@ def run(ctx: StageContext) -> StageResult:
     counts = Counter(ctx.task.labels[i] for i in schema.column_values(labelled, schema.LABEL))
     metrics = {"labels": {name: counts.get(name, 0) for name in ctx.task.labels}}
     if len(labelled):
-        metrics["mean_confidence"] = float(sum(labelled[schema.CONFIDENCE]) / len(labelled))
+        metrics["mean_confidence"] = float(sum(schema.column_values(labelled, schema.CONFIDENCE)) / len(labelled))
     return StageResult(datasets={"data": labelled}, dropped=dropped, rows_in=len(candidates), metrics=metrics)

@@ -347,11 +347,7 @@ def build_layout(ctx: StageContext, folder: Path, *, repo_id: str | None, tag: s
 
 def recipe_yaml(ctx: StageContext) -> str:
     """The resolved recipe as uploaded: secret-looking keys blanked, the token nowhere."""
-    import yaml
-
-    data = redact(ctx.recipe.raw, known_secrets(ctx.recipe))
-    data.pop("output_dir", None)  # a path of this machine; reproduce chooses its own folder
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    return ctx.recipe.to_yaml(drop=("output_dir",))  # a path of this machine; reproduce chooses its own
 
 
 # ---------------------------------------------------------------------------------------------

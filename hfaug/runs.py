@@ -41,8 +41,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from .atomic import replace_folder, write_text
 from .atomic import write_json as write_json_atomic  # noqa: F401 -- the name the stages import
 from .config import Recipe, to_dict
@@ -255,9 +253,7 @@ class Run:
         return list(manifest.get("rows_out", {}))
 
     def save_recipe(self) -> None:
-        # the run's copy is a recipe like any other: a token typed into free text is blanked
-        text = yaml.safe_dump(redact(self.recipe.raw, known_secrets(self.recipe)), sort_keys=False, allow_unicode=True)
-        write_text(self.root / RECIPE_FILE, text)
+        write_text(self.root / RECIPE_FILE, self.recipe.to_yaml())  # secrets blanked, as every recipe copy
 
 
 @dataclass
